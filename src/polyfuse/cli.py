@@ -1,0 +1,132 @@
+"""The `polyfuse` command line. Each command parses its options and calls one library function."""
+
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+from typing import Annotated, Literal
+
+import typer
+from rich.console import Console
+from rich.table import Table as RichTable
+
+from polyfuse.data.errors import DataError
+
+app = typer.Typer(help="polyfuse: multimodal models from a table.", no_args_is_help=True, add_completion=False)
+data_app = typer.Typer(help="Look at a table before training on it.", no_args_is_help=True)
+datasets_app = typer.Typer(help="Build ready-made benchmark tables.", no_args_is_help=True)
+build_app = typer.Typer(help="Build a dataset table from its sources.", no_args_is_help=True)
+app.add_typer(data_app, name="data")
+app.add_typer(datasets_app, name="datasets")
+datasets_app.add_typer(build_app, name="build")
+
+console = Console()
+err_console = Console(stderr=True)
+
+
+def _parse_overrides(items: list[str]) -> dict[str, str]:
+    overrides = {}
+    for item in items:
+        if "=" not in item:
+            raise typer.BadParameter(f"'{item}' should look like COLUMN=KIND, e.g. photo=image")
+        column, kind = item.split("=", 1)
+        overrides[column.strip()] = kind.strip()
+    return overrides
+
+
+@data_app.command("inspect")
+def data_inspect(
+    table: Annotated[Path, typer.Argument(help="CSV, TSV, JSONL or Parquet table")],
+    column: Annotated[
+        list[str] | None, typer.Option("--column", "-c", help="override a column's kind: COLUMN=KIND (repeatable)")
+    ] = None,
+    target: Annotated[list[str] | None, typer.Option("--target", "-t", help="target column (repeatable)")] = None,
+    cache_dir: Annotated[Path | None, typer.Option(help="feature cache folder")] = None,
+    max_problems: Annotated[int, typer.Option(help="problems to list")] = 50,
+) -> None:
+    """Print the inferred schema, counts, missing rates, class balance and every problem found."""
+    from polyfuse.data.inspect import inspect_table
+    from polyfuse.data.prepare import DataConfig
+
+    config = DataConfig(
+        table=table,
+        columns=_parse_overrides(column or []),
+        targets={t: None for t in target or []},
+        cache_dir=cache_dir,
+    )
+    report = inspect_table(config, show_progress=sys.stderr.isatty())
+    console.print(f"[bold]{report.table}[/bold]: {report.rows} rows, {len(report.columns)} columns")
+    columns = RichTable("column", "kind", "missing", "distinct", "why")
+    for c in report.columns:
+        share = f"{c.missing} ({c.missing / max(report.rows, 1):.0%})"
+        columns.add_row(c.name, c.kind, share, str(c.distinct), c.reason)
+    console.print(columns)
+    if report.split_counts:
+        console.print("splits: " + ", ".join(f"{k} {v}" for k, v in report.split_counts.items()))
+    for target_name, counts in report.class_balance.items():
+        shown = ", ".join(f"{k}: {v}" for k, v in list(counts.items())[:30])
+        console.print(f"class balance of '{target_name}' ({len(counts)} classes): {shown}")
+    if report.problems:
+        console.print(f"[bold red]{len(report.problems)} problem(s)[/bold red] in {len({p.row for p in report.problems})} row(s):")
+        for p in report.problems[:max_problems]:
+            console.print(f"  - {p}", markup=False)
+        if len(report.problems) > max_problems:
+            console.print(f"  ... and {len(report.problems) - max_problems} more (--max-problems)")
+        console.print("Fix them, or train with --drop-invalid to drop those rows.")
+    else:
+        console.print("[green]no problems found[/green]")
+
+
+@build_app.command("av-digits")
+def build_av_digits_command(
+    out: Annotated[Path, typer.Option("--out", "-o", help="folder to write the table and media into")],
+    source: Annotated[
+        Path | None, typer.Option(help="folder with mnist/ and fsdd/ (default: $POLYFUSE_DATA or ../shared/data)")
+    ] = None,
+    mnist: Annotated[Path | None, typer.Option(help="folder with the MNIST t10k IDX files, as downloaded")] = None,
+    fsdd: Annotated[Path | None, typer.Option(help="free-spoken-digit-dataset clone or its recordings/")] = None,
+    variant: Annotated[Literal["clean", "noisy"], typer.Option(help="'noisy' builds AV-Digits-N")] = "clean",
+    holdout_speaker: Annotated[str | None, typer.Option(help="test = this speaker's recordings")] = None,
+) -> None:
+    """Build the AV-Digits table (MNIST digits paired with spoken digits) by the protocol in shared/data."""
+    from polyfuse.data.datasets import build_av_digits, default_data_dir
+    from polyfuse.progress import progress_bar
+
+    if source is None and mnist is None and fsdd is None:
+        source = default_data_dir()
+    with progress_bar("building AV-Digits", total=3000, enabled=sys.stderr.isatty()) as advance:
+        path = build_av_digits(
+            out,
+            source,
+            mnist=mnist,
+            fsdd=fsdd,
+            variant=variant,
+            holdout_speaker=holdout_speaker,
+            progress=lambda done, total: advance(1),
+        )
+    console.print(f"wrote {path}")
+
+
+@build_app.command("synthetic")
+def build_synthetic_command(
+    out: Annotated[Path, typer.Option("--out", "-o", help="folder to write the table and media into")],
+    rows: Annotated[int, typer.Option(help="number of rows")] = 300,
+    seed: Annotated[int, typer.Option(help="random seed")] = 0,
+) -> None:
+    """Build a small synthetic text + image + audio + tabular table with a known label rule."""
+    from polyfuse.data.datasets import make_synthetic_table
+
+    console.print(f"wrote {make_synthetic_table(out, n_rows=rows, seed=seed)}")
+
+
+def main() -> None:
+    """Entry point: user-data errors print as a clear message and exit 2, never as a traceback."""
+    try:
+        app()
+    except DataError as e:
+        err_console.print(f"[bold red]error:[/bold red] {e}", markup=True, highlight=False)
+        sys.exit(2)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,130 @@
+"""A PyTorch Dataset over a table and the collate function that pads rows into a `Batch`."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from typing import Any
+
+import numpy as np
+import torch
+from torch import Tensor
+from torch.utils.data import Dataset
+
+from polyfuse.data.batch import Batch, ModalityBatch
+from polyfuse.data.errors import DataError
+from polyfuse.data.preprocess import Preprocessor
+from polyfuse.data.schema import Modality
+from polyfuse.data.table import Table
+
+
+class MultimodalDataset(Dataset[dict[str, Any]]):
+    """Rows of a table as preprocessed samples.
+
+    augment=True draws train-time augmentation from a generator seeded by (seed, epoch, row), so a sample is
+    the same whichever worker process builds it and whatever happened before: resuming mid-run replays it.
+    Call `set_epoch` at the start of each epoch.
+    """
+
+    def __init__(
+        self,
+        table: Table,
+        preprocessor: Preprocessor,
+        *,
+        augment: bool = False,
+        seed: int = 0,
+        with_targets: bool = True,
+    ) -> None:
+        self.rows = table.frame.to_dict("records")
+        self.base_dir = table.base_dir
+        self.allow_base64 = table.from_python
+        self.preprocessor = preprocessor
+        self.augment = augment
+        self.seed = seed
+        self.epoch = 0
+        self.with_targets = with_targets
+
+    def set_epoch(self, epoch: int) -> None:
+        self.epoch = epoch
+
+    def __len__(self) -> int:
+        return len(self.rows)
+
+    def __getitem__(self, index: int) -> dict[str, Any]:
+        row = self.rows[index]
+        generator = None
+        if self.augment:
+            state = np.random.SeedSequence([self.seed, self.epoch, index]).generate_state(1, np.uint64)[0]
+            generator = torch.Generator().manual_seed(int(state) & 0x7FFF_FFFF_FFFF_FFFF)
+        try:
+            inputs = self.preprocessor.encode_inputs(
+                row, self.base_dir, allow_base64=self.allow_base64, generator=generator
+            )
+            targets = self.preprocessor.encode_targets(row) if self.with_targets else {}
+        except DataError as e:
+            # Name the row: the preprocessor only knows columns.
+            raise DataError([p.at_row(index) for p in e.problems]) from None
+        return {"inputs": inputs, "targets": targets, "index": index}
+
+
+
+class Collate:
+    """Stack samples into a Batch: pad time / tokens, fill absent inputs with zeros and mark them absent.
+
+    A picklable object (not a closure) so DataLoader worker processes can use it.
+    """
+
+    def __init__(self, inputs: dict[str, Modality], sizes: dict[str, int], text_pad: dict[str, int]) -> None:
+        self.inputs = inputs
+        self.sizes = sizes
+        self.text_pad = text_pad
+
+    def __call__(self, samples: Sequence[dict[str, Any]]) -> Batch:
+        batch_inputs = {
+            name: self._collate_input(name, modality, [s["inputs"].get(name) for s in samples])
+            for name, modality in self.inputs.items()
+        }
+        targets = {}
+        if samples and samples[0]["targets"]:
+            targets = {k: torch.stack([s["targets"][k] for s in samples]) for k in samples[0]["targets"]}
+        index = torch.tensor([s["index"] for s in samples], dtype=torch.long)
+        return Batch(batch_inputs, targets, index)
+
+    def _collate_input(self, name: str, modality: Modality, values: list[Tensor | None]) -> ModalityBatch:
+        present = torch.tensor([v is not None for v in values], dtype=torch.bool)  # (B,)
+        real = [v for v in values if v is not None]
+        if modality is Modality.IMAGE:
+            shape = real[0].shape if real else (self.sizes[name], 1, 1)
+            stacked = torch.stack([v if v is not None else torch.zeros(shape) for v in values])  # (B, C, H, W)
+            return ModalityBatch(stacked, present)
+        if modality is Modality.AUDIO:
+            # (F, T_i) → (B, F, T_max) with a (B, T_max) frame mask
+            n_bins = real[0].shape[0] if real else self.sizes[name]
+            length = max((v.shape[1] for v in real), default=1)
+            padded = torch.zeros(len(values), n_bins, length)
+            mask = torch.zeros(len(values), length, dtype=torch.bool)
+            for i, v in enumerate(values):
+                if v is not None:
+                    padded[i, :, : v.shape[1]] = v
+                    mask[i, : v.shape[1]] = True
+            return ModalityBatch(padded, present, mask)
+        if modality is Modality.TEXT:
+            length = max((v.shape[0] for v in real), default=1)
+            ids = torch.full((len(values), length), self.text_pad.get(name, 0), dtype=torch.long)
+            mask = torch.zeros(len(values), length, dtype=torch.bool)
+            for i, v in enumerate(values):
+                if v is not None:
+                    ids[i, : v.shape[0]] = v
+                    mask[i, : v.shape[0]] = True
+            return ModalityBatch(ids, present, mask)
+        if modality is Modality.NUMERIC:
+            n = self.sizes[name]
+            raw = torch.stack([v if v is not None else torch.full((n,), float("nan")) for v in values])
+            given = ~torch.isnan(raw)  # (B, N)
+            return ModalityBatch(torch.nan_to_num(raw, nan=0.0), present, given)
+        k = self.sizes[name]
+        ids = torch.stack([v if v is not None else torch.zeros(k, dtype=torch.long) for v in values])  # (B, K)
+        return ModalityBatch(ids, present)
+
+
+def make_collate(preprocessor: Preprocessor) -> Collate:
+    return Collate(preprocessor.inputs, preprocessor.input_sizes(), preprocessor.padding_values())

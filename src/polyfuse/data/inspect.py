@@ -1,0 +1,71 @@
+"""`polyfuse data inspect`: the inferred schema, counts, missing rates, class balance and every problem."""
+
+from __future__ import annotations
+
+from collections import Counter
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from polyfuse.data.errors import DataError, Problem
+from polyfuse.data.media import is_missing
+from polyfuse.data.prepare import DataConfig, prepare_data, resolve_schema
+from polyfuse.data.schema import Role, TableSchema
+from polyfuse.data.splits import SplitConfig
+from polyfuse.data.table import read_table
+
+
+@dataclass
+class ColumnSummary:
+    name: str
+    kind: str
+    reason: str
+    missing: int
+    distinct: int
+
+
+@dataclass
+class InspectReport:
+    table: Path
+    rows: int
+    schema: TableSchema
+    columns: list[ColumnSummary]
+    split_counts: dict[str, int] = field(default_factory=dict)
+    class_balance: dict[str, dict[str, int]] = field(default_factory=dict)
+    problems: list[Problem] = field(default_factory=list)
+
+
+def inspect_table(config: DataConfig, *, show_progress: bool = True) -> InspectReport:
+    """Everything `data inspect` prints. Problems are collected, not raised (unless the table is unreadable)."""
+    table = read_table(config.table)
+    schema = resolve_schema(table, config)
+    if not config.targets:
+        config = config.model_copy(update={"targets": {c: None for c in schema.columns_of(Role.LABEL)}})
+    split_column = schema.columns_of(Role.SPLIT)
+    if config.split == SplitConfig() and split_column:
+        config = config.model_copy(update={"split": SplitConfig(strategy="column", column=split_column[0])})
+    frame = table.frame
+    summaries = [
+        ColumnSummary(
+            name=c.name,
+            kind=c.kind.value,
+            reason=c.reason,
+            missing=int(sum(is_missing(v) for v in frame[c.name].tolist())),
+            distinct=int(frame[c.name].astype(str).nunique()),
+        )
+        for c in schema.columns
+    ]
+    balance = {
+        t: dict(sorted(Counter(str(v) for v in frame[t].tolist() if not is_missing(v)).items()))
+        for t in config.targets
+    }
+    report = InspectReport(config.table, len(frame), schema, summaries, class_balance=balance)
+    try:
+        prepared = prepare_data(config.model_copy(update={"drop_invalid": True}), show_progress=show_progress)
+    except DataError as e:
+        report.problems = e.problems
+        return report
+    report.problems = prepared.report.problems
+    report.split_counts = {
+        name: int((prepared.splits == name).sum()) for name in ("train", "val", "test")
+    }
+    return report

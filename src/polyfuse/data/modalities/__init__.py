@@ -1,0 +1,1 @@
+"""Per-modality decoding, feature extraction and train-time augmentation, as pure functions."""

@@ -1,0 +1,120 @@
+"""Table in → schema, splits, fitted preprocessing and a validation report: everything before training."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Literal
+
+import pandas as pd
+from pydantic import BaseModel, ConfigDict, Field
+
+from polyfuse.data.cache import FeatureCache, default_cache_dir
+from polyfuse.data.errors import DataError, Problem
+from polyfuse.data.infer import infer_schema
+from polyfuse.data.preprocess import PreprocessingConfig, Preprocessor, TaskKind
+from polyfuse.data.schema import Role, TableSchema
+from polyfuse.data.splits import SplitConfig, assign_splits
+from polyfuse.data.table import Table, read_table
+from polyfuse.data.validate import ValidationReport, check_ids, validate_rows
+from polyfuse.progress import progress_bar
+
+SplitName = Literal["train", "val", "test"]
+
+
+class DataConfig(BaseModel):
+    """Where the table is and how to read, split and preprocess it."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    table: Path = Field(description="CSV, TSV, JSONL or Parquet; relative media paths resolve from its folder")
+    columns: dict[str, str] = Field(
+        default_factory=dict,
+        description="column → kind overrides (text, image, audio, numeric, category, id, label, split, group, "
+        "ignore); other columns are inferred",
+    )
+    targets: dict[str, TaskKind | None] = Field(
+        default_factory=dict,
+        description="target column → task (classification, multilabel, regression; null infers it)",
+    )
+    split: SplitConfig = Field(default_factory=SplitConfig)
+    preprocessing: PreprocessingConfig = Field(default_factory=PreprocessingConfig)
+    cache_dir: Path | None = Field(
+        None, description="feature cache; default $POLYFUSE_CACHE_DIR or ~/.cache/polyfuse, never the data folder"
+    )
+    use_cache: bool = True
+    drop_invalid: bool = Field(False, description="drop rows with problems (and report how many) instead of failing")
+
+
+@dataclass
+class PreparedData:
+    table: Table  # valid rows only, renumbered
+    schema: TableSchema
+    splits: pd.Series  # 'train' / 'val' / 'test' per row of `table`
+    preprocessor: Preprocessor
+    report: ValidationReport  # problems found, with row numbers of the table as read
+    dropped_rows: list[int]  # rows of the table as read that --drop-invalid removed
+
+    def split(self, name: SplitName) -> Table:
+        return self.table.subset(list(self.splits.index[self.splits == name]))
+
+
+def resolve_schema(table: Table, config: DataConfig) -> TableSchema:
+    """The inferred schema with overrides, targets forced to the label role (never an input)."""
+    overrides = dict(config.columns)
+    for target in config.targets:
+        overrides.setdefault(target, Role.LABEL.value)
+    if config.split.strategy == "column" and config.split.column in table.frame.columns:
+        overrides.setdefault(config.split.column, Role.SPLIT.value)
+    if config.split.group:
+        overrides.setdefault(config.split.group, Role.GROUP.value)
+    return infer_schema(table, overrides)
+
+
+def prepare_data(config: DataConfig, *, show_progress: bool = True, validate: bool = True) -> PreparedData:
+    """Read, infer, split, fit on train, validate every row; raise DataError listing every problem unless
+    `config.drop_invalid`, which drops the bad rows instead."""
+    table = read_table(config.table)
+    schema = resolve_schema(table, config)
+    if not schema.input_columns():
+        raise DataError(
+            [Problem("no input columns found", file=str(config.table), fix="set column kinds under data.columns")]
+        )
+    missing = [t for t in config.targets if t not in table.frame.columns]
+    if missing:
+        raise DataError([Problem(f"target not found; columns: {list(table.frame.columns)}", column=t) for t in missing])
+    first_target = next(iter(config.targets), None)
+    splits = assign_splits(table.frame, config.split, default_stratify=first_target)
+    cache = FeatureCache((config.cache_dir or default_cache_dir()) if config.use_cache else None)
+
+    problems = []
+    ids = schema.columns_of(Role.ID)
+    problems += check_ids(table, ids[0] if ids else None)
+    train_rows = list(splits.index[splits == "train"])
+    if not train_rows:
+        raise DataError([Problem("the training split is empty", fix="check the split column or fractions")])
+    preprocessor = Preprocessor.fit(
+        table.subset(train_rows), schema, config.preprocessing, config.targets, cache=cache
+    )
+    report = ValidationReport(problems=problems)
+    if validate:
+        with progress_bar("validating and featurising", total=len(table), enabled=show_progress) as advance:
+            rows_report = validate_rows(table, preprocessor, progress=advance)
+        report.problems += rows_report.problems
+        report.rows_checked = rows_report.rows_checked
+    bad = report.invalid_rows
+    if report.problems and not config.drop_invalid:
+        raise DataError(report.problems)
+    if any(p.row is None for p in report.problems):
+        raise DataError([p for p in report.problems if p.row is None])
+    keep = [r for r in range(len(table)) if r not in set(bad)]
+    if bad:
+        table, splits = table.subset(keep), splits.iloc[keep].reset_index(drop=True)
+        # Statistics must not see dropped rows: refit on the remaining training rows.
+        train_rows = list(splits.index[splits == "train"])
+        preprocessor = Preprocessor.fit(
+            table.subset(train_rows), schema, config.preprocessing, config.targets, cache=cache
+        )
+    return PreparedData(table, schema, splits, preprocessor, report, bad)
+
+

@@ -1,0 +1,328 @@
+"""The fitted preprocessing of a table: per-modality configs plus what was learned from the training rows
+(numeric statistics, category vocabularies, label maps). It travels with the model as JSON."""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Mapping
+from pathlib import Path
+from typing import Any, Literal
+
+import numpy as np
+import torch
+from pydantic import BaseModel, ConfigDict, Field
+from torch import Tensor
+
+from polyfuse.data.cache import FeatureCache, params_digest
+from polyfuse.data.errors import DataError, MediaError, Problem
+from polyfuse.data.media import is_missing, read_source_bytes, resolve_media
+from polyfuse.data.modalities.audio import (
+    AudioConfig,
+    audio_features,
+    augment_waveform,
+    decode_audio,
+    spec_augment,
+)
+from polyfuse.data.modalities.image import ImageConfig, augment_image, decode_image, image_to_tensor
+from polyfuse.data.modalities.tabular import (
+    CategoryConfig,
+    CategoryVocab,
+    NumericConfig,
+    NumericStats,
+    category_key,
+    to_number,
+)
+from polyfuse.data.modalities.text import TextConfig, load_tokenizer, pad_token_id, tokenize
+from polyfuse.data.schema import Modality, TableSchema
+from polyfuse.data.table import Table
+
+PREPROCESSING_VERSION = 1
+TaskKind = Literal["classification", "multilabel", "regression"]
+MULTILABEL_SEPARATOR = "|"
+
+
+class PreprocessingConfig(BaseModel):
+    """How each modality is turned into tensors; shared by every column of that modality."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    image: ImageConfig = Field(default_factory=ImageConfig)
+    audio: AudioConfig = Field(default_factory=AudioConfig)
+    text: TextConfig = Field(default_factory=TextConfig)
+    numeric: NumericConfig = Field(default_factory=NumericConfig)
+    category: CategoryConfig = Field(default_factory=CategoryConfig)
+
+
+class TargetSpec(BaseModel):
+    column: str
+    task: TaskKind
+    classes: list[str] = Field(default_factory=list, description="class names by id (classification)")
+    mean: float = 0.0  # regression targets are standardised for training and un-standardised on output
+    std: float = 1.0
+
+
+class PreprocessorState(BaseModel):
+    """Everything needed to turn a row into tensors exactly as in training."""
+
+    version: int = PREPROCESSING_VERSION
+    config: PreprocessingConfig
+    schema_: TableSchema = Field(alias="schema")
+    numeric: dict[str, NumericStats] = Field(default_factory=dict)
+    category: dict[str, CategoryVocab] = Field(default_factory=dict)
+    targets: dict[str, TargetSpec] = Field(default_factory=dict)
+
+    model_config = ConfigDict(populate_by_name=True)
+
+
+# One row's features, before collation: input name → tensor, or None where the row lacks it.
+#   image (C, H, W); audio (F, T); text (T,) ids; numeric (N,) with NaN for missing values; category (K,)
+Sample = dict[str, Any]
+
+
+class Preprocessor:
+    def __init__(self, state: PreprocessorState, cache: FeatureCache | None = None) -> None:
+        self.state = state
+        self.cache = cache or FeatureCache(None)
+        self.inputs = state.schema_.input_names()  # input name → modality, sorted
+        self.numeric_columns = state.schema_.columns_of(Modality.NUMERIC)
+        self.category_columns = state.schema_.columns_of(Modality.CATEGORY)
+        cfg = state.config
+        self._image_key = params_digest({"kind": "image", **cfg.image.model_dump(exclude={"augment"})})
+        audio_params = cfg.audio.model_dump(exclude={"augment"})
+        self._wave_key = params_digest({"kind": "audio.wave", **audio_params})
+        self._audio_key = params_digest({"kind": "audio.features", **audio_params})
+
+    # --- fitting and persistence -------------------------------------------------------------------
+    @classmethod
+    def fit(
+        cls,
+        train: Table,
+        schema: TableSchema,
+        config: PreprocessingConfig,
+        targets: Mapping[str, TaskKind | None] | None = None,
+        cache: FeatureCache | None = None,
+    ) -> Preprocessor:
+        """Fit statistics, vocabularies and label maps on the training rows only."""
+        frame = train.frame
+        numeric = {c: NumericStats.fit(frame[c]) for c in schema.columns_of(Modality.NUMERIC)}
+        category = {c: CategoryVocab.fit(frame[c], config.category) for c in schema.columns_of(Modality.CATEGORY)}
+        specs = {}
+        for column, task in (targets or {}).items():
+            if column not in frame.columns:
+                raise DataError([Problem(f"target column not found; columns: {list(frame.columns)}", column=column)])
+            specs[column] = fit_target(frame[column], column, task)
+        state = PreprocessorState(config=config, schema=schema, numeric=numeric, category=category, targets=specs)
+        return cls(state, cache)
+
+    def to_json(self) -> str:
+        return self.state.model_dump_json(by_alias=True, indent=2)
+
+    @classmethod
+    def from_json(cls, text: str, cache: FeatureCache | None = None) -> Preprocessor:
+        raw = json.loads(text)
+        if raw.get("version") != PREPROCESSING_VERSION:
+            raise DataError(
+                f"preprocessing format version {raw.get('version')} is not supported by this polyfuse "
+                f"(expects {PREPROCESSING_VERSION}); install the polyfuse version that saved the model"
+            )
+        return cls(PreprocessorState.model_validate(raw), cache)
+
+    def save(self, path: Path) -> None:
+        path.write_text(self.to_json())
+
+    @property
+    def tokenizer(self) -> Any:
+        return load_tokenizer(self.state.config.text.tokenizer)
+
+    # --- one row -> tensors --------------------------------------------------------------------------
+    def encode_inputs(
+        self,
+        row: Mapping[str, Any],
+        base_dir: Path | None,
+        *,
+        allow_base64: bool = True,
+        generator: torch.Generator | None = None,
+    ) -> Sample:
+        """Input name → tensor (None where missing). `generator` turns on train-time augmentation.
+
+        Raises DataError listing every bad cell of the row (row number left for the caller to add).
+        """
+        sample: Sample = {}
+        problems = []
+        for name, modality in self.inputs.items():
+            try:
+                if modality is Modality.NUMERIC:
+                    sample[name] = self._numeric(row, problems)
+                elif modality is Modality.CATEGORY:
+                    sample[name] = self._category(row)
+                else:
+                    sample[name] = self._single(name, modality, row.get(name), base_dir, allow_base64, generator)
+            except MediaError as e:
+                cell = row.get(name)
+                file = None if is_missing(cell) or not isinstance(cell, str) or len(cell) > 300 else cell
+                problems.append(Problem(e.message, column=name, file=file, fix=e.fix))
+        if problems:
+            raise DataError(problems)
+        return sample
+
+    def _single(
+        self,
+        name: str,
+        modality: Modality,
+        cell: object,
+        base_dir: Path | None,
+        allow_base64: bool,
+        generator: torch.Generator | None,
+    ) -> Tensor | None:
+        cfg = self.state.config
+        if modality is Modality.TEXT:
+            if cell is None or (not isinstance(cell, str) and is_missing(cell)) or cell == "":
+                return None
+            return tokenize(cell, self.tokenizer, cfg.text)  # type: ignore[arg-type]
+        source = resolve_media(cell, base_dir, allow_base64=allow_base64)
+        if source is None:
+            return None
+        if modality is Modality.IMAGE:
+            content = read_source_bytes(source, cfg.image.max_file_bytes)
+            pixels = self.cache.fetch(content, self._image_key, lambda: decode_image(content, cfg.image))
+            image = image_to_tensor(pixels, cfg.image)  # (C, H, W)
+            if generator is not None and cfg.image.augment.enabled:
+                image = augment_image(image, cfg.image, generator)
+            return image
+        content = read_source_bytes(source, cfg.audio.max_file_bytes)
+        augment = generator is not None and cfg.audio.augment.enabled
+        if augment and cfg.audio.augment.waveform:
+            wave = self.cache.fetch(content, self._wave_key, lambda: decode_audio(content, cfg.audio))
+            assert generator is not None
+            waveform = augment_waveform(torch.from_numpy(wave), cfg.audio.augment, generator)
+            features = audio_features(waveform, cfg.audio)
+        else:
+            features = torch.from_numpy(
+                self.cache.fetch(
+                    content,
+                    self._audio_key,
+                    lambda: audio_features(decode_audio(content, cfg.audio), cfg.audio).numpy(),
+                )
+            )  # (F, T)
+        if augment:
+            assert generator is not None
+            features = spec_augment(features, cfg.audio.augment, generator)
+        return features
+
+    def _numeric(self, row: Mapping[str, Any], problems: list[Problem]) -> Tensor | None:
+        values = []
+        for column in self.numeric_columns:
+            try:
+                z = self.state.numeric[column].transform(row.get(column), self.state.config.numeric)
+            except MediaError as e:
+                problems.append(Problem(e.message, column=column, fix=e.fix))
+                z = None
+            values.append(float("nan") if z is None else z)
+        if all(np.isnan(values)):
+            return None
+        return torch.tensor(values, dtype=torch.float32)  # (N,), NaN = missing value
+
+    def _category(self, row: Mapping[str, Any]) -> Tensor | None:
+        ids = [self.state.category[c].transform(row.get(c)) for c in self.category_columns]
+        if not any(ids):
+            return None
+        return torch.tensor(ids, dtype=torch.long)  # (K,)
+
+    def encode_targets(self, row: Mapping[str, Any]) -> dict[str, Tensor]:
+        """Target column → tensor: long () class id, float () standardised value or float (L,) indicators.
+
+        Raises MediaError naming the value when a label is missing or unseen in training.
+        """
+        out = {}
+        for column, spec in self.state.targets.items():
+            try:
+                out[column] = encode_target(row.get(column), spec)
+            except MediaError as e:
+                raise DataError([Problem(e.message, column=column, fix=e.fix)]) from None
+        return out
+
+    def input_sizes(self) -> dict[str, int]:
+        """Per-input numbers encoders need: channels, feature bins, vocabulary size, columns."""
+        cfg = self.state.config
+        sizes: dict[str, int] = {}
+        for name, modality in self.inputs.items():
+            if modality is Modality.IMAGE:
+                sizes[name] = 1 if cfg.image.mode == "L" else 3
+            elif modality is Modality.AUDIO:
+                sizes[name] = cfg.audio.n_mfcc if cfg.audio.feature == "mfcc" else cfg.audio.n_mels
+            elif modality is Modality.TEXT:
+                sizes[name] = int(len(self.tokenizer))
+            elif modality is Modality.NUMERIC:
+                sizes[name] = len(self.numeric_columns)
+            else:
+                sizes[name] = len(self.category_columns)
+        return sizes
+
+    def padding_values(self) -> dict[str, int]:
+        """Token id used to pad each text input."""
+        pad = pad_token_id(self.tokenizer) if Modality.TEXT in self.inputs.values() else 0
+        return {n: pad for n, m in self.inputs.items() if m is Modality.TEXT}
+
+
+def fit_target(series: Any, column: str, task: TaskKind | None) -> TargetSpec:
+    """Label map (or mean/std) from the training rows; the task is inferred when not given."""
+    values = [v for v in series.tolist() if not is_missing(v)]
+    if not values:
+        raise DataError([Problem("target column has no values in the training rows", column=column)])
+    if task is None:
+        task = infer_task(values)
+    if task == "regression":
+        numbers = np.array([to_number(v) for v in values], dtype=np.float64)
+        std = float(numbers.std())
+        return TargetSpec(column=column, task=task, mean=float(numbers.mean()), std=std if std > 1e-12 else 1.0)
+    if task == "multilabel":
+        classes = sorted({label for v in values for label in split_labels(v)})
+    else:
+        classes = sorted({category_key(v) for v in values}, key=_natural_key)
+    if len(classes) < 2 and task == "classification":
+        raise DataError([Problem(f"target has a single class {classes} in training", column=column)])
+    return TargetSpec(column=column, task=task, classes=classes)
+
+
+def infer_task(values: list[Any]) -> TaskKind:
+    if all(isinstance(v, list | tuple) for v in values[:100]) or any(
+        isinstance(v, str) and MULTILABEL_SEPARATOR in v for v in values[:100]
+    ):
+        return "multilabel"
+    floats = [v for v in values if isinstance(v, float)]
+    if floats and any(not float(v).is_integer() for v in floats):
+        return "regression"
+    return "classification"
+
+
+def split_labels(value: Any) -> list[str]:
+    if isinstance(value, list | tuple):
+        return [category_key(v) for v in value]
+    return [p.strip() for p in str(value).split(MULTILABEL_SEPARATOR) if p.strip()]
+
+
+def encode_target(value: Any, spec: TargetSpec) -> Tensor:
+    if is_missing(value) if not isinstance(value, list | tuple) else False:
+        raise MediaError("label is missing", "fill the label or drop the row (--drop-invalid)")
+    if spec.task == "regression":
+        return torch.tensor((to_number(value) - spec.mean) / spec.std, dtype=torch.float32)
+    index = {c: i for i, c in enumerate(spec.classes)}
+    if spec.task == "multilabel":
+        indicators = torch.zeros(len(spec.classes), dtype=torch.float32)
+        for label in split_labels(value):
+            if label not in index:
+                raise MediaError(f"label '{label}' was not seen in training", f"known labels: {spec.classes}")
+            indicators[index[label]] = 1.0
+        return indicators
+    key = category_key(value)
+    if key not in index:
+        raise MediaError(f"label '{key}' was not seen in training", f"known labels: {spec.classes[:20]}")
+    return torch.tensor(index[key], dtype=torch.long)
+
+
+def _natural_key(text: str) -> tuple[int, float, str]:
+    try:
+        return (0, float(text), text)
+    except ValueError:
+        return (1, 0.0, text)
+

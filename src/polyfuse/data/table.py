@@ -1,0 +1,113 @@
+"""Read a user's table (CSV, TSV, JSONL, Parquet) and remember the folder its relative media paths start from."""
+
+from __future__ import annotations
+
+import csv
+import json
+from dataclasses import dataclass
+from pathlib import Path
+
+import pandas as pd
+
+from polyfuse.data.errors import DataError, Problem
+
+TABLE_FORMATS = {
+    ".csv": "csv",
+    ".tsv": "tsv",
+    ".tab": "tsv",
+    ".jsonl": "jsonl",
+    ".ndjson": "jsonl",
+    ".parquet": "parquet",
+    ".pq": "parquet",
+}
+
+
+@dataclass
+class Table:
+    """A table's rows plus where relative media paths resolve from.
+
+    frame:    the rows as read, in file order, with a fresh 0..N-1 index (error messages count rows this way)
+    base_dir: the table file's folder, or None for a table built in Python (then relative paths resolve
+              against the working directory and base64 strings are accepted as media)
+    source:   the file read, if any
+    """
+
+    frame: pd.DataFrame
+    base_dir: Path | None = None
+    source: Path | None = None
+
+    @property
+    def from_python(self) -> bool:
+        return self.source is None
+
+    def __len__(self) -> int:
+        return len(self.frame)
+
+    def subset(self, rows: list[int] | pd.Index) -> Table:
+        """Rows by position, renumbered; the base folder is kept."""
+        return Table(self.frame.iloc[list(rows)].reset_index(drop=True), self.base_dir, self.source)
+
+
+def read_table(path: str | Path | pd.DataFrame | list[dict[str, object]], base_dir: Path | None = None) -> Table:
+    """Read a table file, or wrap rows built in Python (a DataFrame or a list of dicts keyed by column)."""
+    if isinstance(path, pd.DataFrame):
+        return Table(path.reset_index(drop=True), base_dir)
+    if isinstance(path, list):
+        return Table(pd.DataFrame.from_records(path), base_dir)
+    path = Path(path).expanduser()
+    if not path.exists():
+        raise DataError([Problem("table file not found", file=str(path), fix="check the path")])
+    if path.is_dir():
+        raise DataError([Problem("expected a table file, got a folder", file=str(path))])
+    kind = TABLE_FORMATS.get(path.suffix.lower())
+    if kind is None:
+        raise DataError(
+            [
+                Problem(
+                    f"unknown table format '{path.suffix}'",
+                    file=str(path),
+                    fix=f"use one of {sorted(TABLE_FORMATS)}",
+                )
+            ]
+        )
+    try:
+        frame = _read(path, kind)
+    except DataError:
+        raise
+    except (pd.errors.ParserError, UnicodeDecodeError, csv.Error) as e:
+        raise DataError([Problem(f"cannot parse {kind.upper()}: {e}", file=str(path))]) from None
+    except (OSError, ValueError) as e:  # pyarrow raises ArrowInvalid (a ValueError) on a corrupt file
+        raise DataError([Problem(f"cannot read table: {e}", file=str(path))]) from None
+    return Table(frame.reset_index(drop=True), base_dir or path.parent.resolve(), path.resolve())
+
+
+def _read(path: Path, kind: str) -> pd.DataFrame:
+    if kind in ("csv", "tsv"):
+        # keep_default_na=False + explicit na_values: an empty cell is missing, but the text "NA" or
+        # "None" in a text column is somebody's real text.
+        return pd.read_csv(
+            path,
+            sep="," if kind == "csv" else "\t",
+            keep_default_na=False,
+            na_values=[""],
+            encoding="utf-8-sig",
+        )
+    if kind == "jsonl":
+        rows = []
+        with path.open(encoding="utf-8-sig") as f:
+            for number, line in enumerate(f):
+                if not line.strip():
+                    continue
+                try:
+                    row = json.loads(line)
+                except json.JSONDecodeError as e:
+                    raise DataError(
+                        [Problem(f"invalid JSON (line {number + 1}): {e.msg}", row=number, file=str(path))]
+                    ) from None
+                if not isinstance(row, dict):
+                    raise DataError(
+                        [Problem("each JSONL line must be an object", row=number, file=str(path))]
+                    )
+                rows.append(row)
+        return pd.DataFrame.from_records(rows)
+    return pd.read_parquet(path)

@@ -1,0 +1,1 @@
+"""Encoders per modality, fusions over them, heads, and the assembled multimodal model."""
