@@ -25,7 +25,7 @@ test: lint
 	$(BIN)/pytest -q
 
 demo: install
-	$(BIN)/python -m polyfuse.demo
+	bash examples/demo.sh
 
 bench: install
 	$(BIN)/python bench/data_pipeline.py

@@ -12,7 +12,9 @@ from rich.table import Table as RichTable
 
 from polyfuse.data.errors import DataError
 
-app = typer.Typer(help="polyfuse: multimodal models from a table.", no_args_is_help=True, add_completion=False)
+app = typer.Typer(
+    help="polyfuse: multimodal models from a table.", no_args_is_help=True, add_completion=False
+)
 data_app = typer.Typer(help="Look at a table before training on it.", no_args_is_help=True)
 datasets_app = typer.Typer(help="Build ready-made benchmark tables.", no_args_is_help=True)
 build_app = typer.Typer(help="Build a dataset table from its sources.", no_args_is_help=True)
@@ -38,9 +40,12 @@ def _parse_overrides(items: list[str]) -> dict[str, str]:
 def data_inspect(
     table: Annotated[Path, typer.Argument(help="CSV, TSV, JSONL or Parquet table")],
     column: Annotated[
-        list[str] | None, typer.Option("--column", "-c", help="override a column's kind: COLUMN=KIND (repeatable)")
+        list[str] | None,
+        typer.Option("--column", "-c", help="override a column's kind: COLUMN=KIND (repeatable)"),
     ] = None,
-    target: Annotated[list[str] | None, typer.Option("--target", "-t", help="target column (repeatable)")] = None,
+    target: Annotated[
+        list[str] | None, typer.Option("--target", "-t", help="target column (repeatable)")
+    ] = None,
     cache_dir: Annotated[Path | None, typer.Option(help="feature cache folder")] = None,
     max_problems: Annotated[int, typer.Option(help="problems to list")] = 50,
 ) -> None:
@@ -67,7 +72,10 @@ def data_inspect(
         shown = ", ".join(f"{k}: {v}" for k, v in list(counts.items())[:30])
         console.print(f"class balance of '{target_name}' ({len(counts)} classes): {shown}")
     if report.problems:
-        console.print(f"[bold red]{len(report.problems)} problem(s)[/bold red] in {len({p.row for p in report.problems})} row(s):")
+        console.print(
+            f"[bold red]{len(report.problems)} problem(s)[/bold red] "
+            f"in {len({p.row for p in report.problems})} row(s):"
+        )
         for p in report.problems[:max_problems]:
             console.print(f"  - {p}", markup=False)
         if len(report.problems) > max_problems:
@@ -77,14 +85,51 @@ def data_inspect(
         console.print("[green]no problems found[/green]")
 
 
+@data_app.command("preview")
+def data_preview(
+    table: Annotated[Path, typer.Argument(help="CSV, TSV, JSONL or Parquet table")],
+    column: Annotated[
+        list[str] | None,
+        typer.Option("--column", "-c", help="override a column's kind: COLUMN=KIND (repeatable)"),
+    ] = None,
+    target: Annotated[
+        list[str] | None, typer.Option("--target", "-t", help="target column (repeatable)")
+    ] = None,
+    preset: Annotated[str | None, typer.Option(help="preprocessing preset, e.g. av-digits")] = None,
+    batch_size: Annotated[int, typer.Option(help="rows in the batch")] = 8,
+    split: Annotated[str, typer.Option(help="split to draw the batch from")] = "train",
+    augment: Annotated[bool, typer.Option(help="apply train-time augmentation")] = False,
+) -> None:
+    """Validate the table, then print one collated batch: tensor shapes, dtypes and presence masks."""
+    from polyfuse.data.preview import preview_batch
+
+    lines = preview_batch(
+        table,
+        overrides=_parse_overrides(column or []),
+        targets=target or [],
+        preset=preset,
+        batch_size=batch_size,
+        split=split,
+        augment=augment,
+        show_progress=sys.stderr.isatty(),
+    )
+    for line in lines:
+        console.print(line, markup=False, highlight=False)
+
+
 @build_app.command("av-digits")
 def build_av_digits_command(
     out: Annotated[Path, typer.Option("--out", "-o", help="folder to write the table and media into")],
     source: Annotated[
-        Path | None, typer.Option(help="folder with mnist/ and fsdd/ (default: $POLYFUSE_DATA or ../shared/data)")
+        Path | None,
+        typer.Option(help="folder with mnist/ and fsdd/ (default: $POLYFUSE_DATA or ../shared/data)"),
     ] = None,
-    mnist: Annotated[Path | None, typer.Option(help="folder with the MNIST t10k IDX files, as downloaded")] = None,
-    fsdd: Annotated[Path | None, typer.Option(help="free-spoken-digit-dataset clone or its recordings/")] = None,
+    mnist: Annotated[
+        Path | None, typer.Option(help="folder with the MNIST t10k IDX files, as downloaded")
+    ] = None,
+    fsdd: Annotated[
+        Path | None, typer.Option(help="free-spoken-digit-dataset clone or its recordings/")
+    ] = None,
     variant: Annotated[Literal["clean", "noisy"], typer.Option(help="'noisy' builds AV-Digits-N")] = "clean",
     holdout_speaker: Annotated[str | None, typer.Option(help="test = this speaker's recordings")] = None,
 ) -> None:

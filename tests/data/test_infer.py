@@ -15,7 +15,9 @@ def _table() -> Table:
         pd.DataFrame(
             {
                 "id": range(n),
-                "review": [f"this product was {'great' if i % 2 else 'bad'} and arrived on day {i}" for i in range(n)],
+                "review": [
+                    f"this product was {'great' if i % 2 else 'bad'} and arrived on day {i}" for i in range(n)
+                ],
                 "photo": [f"photos/{i}.JPG" for i in range(n)],
                 "clip": [f"sounds/{i}.wav" if i % 7 else None for i in range(n)],
                 "price": [float(i) * 1.5 for i in range(n)],

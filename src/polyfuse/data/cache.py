@@ -64,7 +64,8 @@ class FeatureCache:
         path = self._path(key)
         try:
             with path.open("rb") as f:
-                return np.load(io.BytesIO(f.read()), allow_pickle=False)
+                array: np.ndarray = np.load(io.BytesIO(f.read()), allow_pickle=False)
+                return array
         except FileNotFoundError:
             return None
         except (ValueError, OSError, EOFError):

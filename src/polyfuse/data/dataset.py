@@ -34,7 +34,7 @@ class MultimodalDataset(Dataset[dict[str, Any]]):
         seed: int = 0,
         with_targets: bool = True,
     ) -> None:
-        self.rows = table.frame.to_dict("records")
+        self.rows = [{str(k): v for k, v in r.items()} for r in table.frame.to_dict("records")]
         self.base_dir = table.base_dir
         self.allow_base64 = table.from_python
         self.preprocessor = preprocessor
@@ -66,7 +66,6 @@ class MultimodalDataset(Dataset[dict[str, Any]]):
         return {"inputs": inputs, "targets": targets, "index": index}
 
 
-
 class Collate:
     """Stack samples into a Batch: pad time / tokens, fill absent inputs with zeros and mark them absent.
 
@@ -94,7 +93,9 @@ class Collate:
         real = [v for v in values if v is not None]
         if modality is Modality.IMAGE:
             shape = real[0].shape if real else (self.sizes[name], 1, 1)
-            stacked = torch.stack([v if v is not None else torch.zeros(shape) for v in values])  # (B, C, H, W)
+            stacked = torch.stack(
+                [v if v is not None else torch.zeros(shape) for v in values]
+            )  # (B, C, H, W)
             return ModalityBatch(stacked, present)
         if modality is Modality.AUDIO:
             # (F, T_i) → (B, F, T_max) with a (B, T_max) frame mask
@@ -122,7 +123,9 @@ class Collate:
             given = ~torch.isnan(raw)  # (B, N)
             return ModalityBatch(torch.nan_to_num(raw, nan=0.0), present, given)
         k = self.sizes[name]
-        ids = torch.stack([v if v is not None else torch.zeros(k, dtype=torch.long) for v in values])  # (B, K)
+        ids = torch.stack(
+            [v if v is not None else torch.zeros(k, dtype=torch.long) for v in values]
+        )  # (B, K)
         return ModalityBatch(ids, present)
 
 

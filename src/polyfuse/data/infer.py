@@ -35,8 +35,10 @@ def infer_schema(table: Table, overrides: Mapping[str, str] | None = None) -> Ta
     for name, kind in overrides.items():
         if name not in table.frame.columns:
             problems.append(
-                Problem(f"override names a column not in the table; columns: {list(table.frame.columns)}",
-                        column=name)
+                Problem(
+                    f"override names a column not in the table; columns: {list(table.frame.columns)}",
+                    column=name,
+                )
             )
         elif kind not in _KINDS:
             problems.append(Problem(f"unknown kind '{kind}'; choose one of {sorted(_KINDS)}", column=name))

@@ -35,7 +35,7 @@ class InspectReport:
 
 
 def inspect_table(config: DataConfig, *, show_progress: bool = True) -> InspectReport:
-    """Everything `data inspect` prints. Problems are collected, not raised (unless the table is unreadable)."""
+    """Everything `data inspect` prints. Problems are collected, not raised (unless unreadable)."""
     table = read_table(config.table)
     schema = resolve_schema(table, config)
     if not config.targets:
@@ -65,7 +65,5 @@ def inspect_table(config: DataConfig, *, show_progress: bool = True) -> InspectR
         report.problems = e.problems
         return report
     report.problems = prepared.report.problems
-    report.split_counts = {
-        name: int((prepared.splits == name).sum()) for name in ("train", "val", "test")
-    }
+    report.split_counts = {name: int((prepared.splits == name).sum()) for name in ("train", "val", "test")}
     return report

@@ -87,9 +87,13 @@ def read_source_bytes(source: MediaSource, max_bytes: int) -> bytes:
     try:
         size = source.stat().st_size
     except FileNotFoundError:
-        raise MediaError(f"file not found: {source}", "fix the path or drop the row (--drop-invalid)") from None
+        raise MediaError(
+            f"file not found: {source}", "fix the path or drop the row (--drop-invalid)"
+        ) from None
     except OSError as e:
-        raise MediaError(f"cannot read {source}: {e.strerror}", "check the path and its permissions") from None
+        raise MediaError(
+            f"cannot read {source}: {e.strerror}", "check the path and its permissions"
+        ) from None
     if not source.is_file():
         raise MediaError(f"not a regular file: {source}", "point the cell at a file")
     if size > max_bytes:

@@ -27,11 +27,13 @@ class DataConfig(BaseModel):
 
     model_config = ConfigDict(extra="forbid")
 
-    table: Path = Field(description="CSV, TSV, JSONL or Parquet; relative media paths resolve from its folder")
+    table: Path = Field(
+        description="CSV, TSV, JSONL or Parquet; relative media paths resolve from its folder"
+    )
     columns: dict[str, str] = Field(
         default_factory=dict,
-        description="column → kind overrides (text, image, audio, numeric, category, id, label, split, group, "
-        "ignore); other columns are inferred",
+        description="column → kind overrides (text, image, audio, numeric, category, id, label, split, "
+        "group, ignore); other columns are inferred",
     )
     targets: dict[str, TaskKind | None] = Field(
         default_factory=dict,
@@ -40,10 +42,13 @@ class DataConfig(BaseModel):
     split: SplitConfig = Field(default_factory=SplitConfig)
     preprocessing: PreprocessingConfig = Field(default_factory=PreprocessingConfig)
     cache_dir: Path | None = Field(
-        None, description="feature cache; default $POLYFUSE_CACHE_DIR or ~/.cache/polyfuse, never the data folder"
+        None,
+        description="feature cache; default $POLYFUSE_CACHE_DIR or ~/.cache/polyfuse, never the data folder",
     )
     use_cache: bool = True
-    drop_invalid: bool = Field(False, description="drop rows with problems (and report how many) instead of failing")
+    drop_invalid: bool = Field(
+        False, description="drop rows with problems (and report how many) instead of failing"
+    )
 
 
 @dataclass
@@ -78,11 +83,19 @@ def prepare_data(config: DataConfig, *, show_progress: bool = True, validate: bo
     schema = resolve_schema(table, config)
     if not schema.input_columns():
         raise DataError(
-            [Problem("no input columns found", file=str(config.table), fix="set column kinds under data.columns")]
+            [
+                Problem(
+                    "no input columns found",
+                    file=str(config.table),
+                    fix="set column kinds under data.columns",
+                )
+            ]
         )
     missing = [t for t in config.targets if t not in table.frame.columns]
     if missing:
-        raise DataError([Problem(f"target not found; columns: {list(table.frame.columns)}", column=t) for t in missing])
+        raise DataError(
+            [Problem(f"target not found; columns: {list(table.frame.columns)}", column=t) for t in missing]
+        )
     first_target = next(iter(config.targets), None)
     splits = assign_splits(table.frame, config.split, default_stratify=first_target)
     cache = FeatureCache((config.cache_dir or default_cache_dir()) if config.use_cache else None)
@@ -116,5 +129,3 @@ def prepare_data(config: DataConfig, *, show_progress: bool = True, validate: bo
             table.subset(train_rows), schema, config.preprocessing, config.targets, cache=cache
         )
     return PreparedData(table, schema, splits, preprocessor, report, bad)
-
-

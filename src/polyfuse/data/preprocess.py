@@ -23,7 +23,13 @@ from polyfuse.data.modalities.audio import (
     decode_audio,
     spec_augment,
 )
-from polyfuse.data.modalities.image import ImageConfig, augment_image, decode_image, image_to_tensor
+from polyfuse.data.modalities.image import (
+    ImageConfig,
+    augment_image,
+    decode_image,
+    image_to_tensor,
+    normalised_black,
+)
 from polyfuse.data.modalities.tabular import (
     CategoryConfig,
     CategoryVocab,
@@ -66,12 +72,10 @@ class PreprocessorState(BaseModel):
 
     version: int = PREPROCESSING_VERSION
     config: PreprocessingConfig
-    schema_: TableSchema = Field(alias="schema")
+    table_schema: TableSchema
     numeric: dict[str, NumericStats] = Field(default_factory=dict)
     category: dict[str, CategoryVocab] = Field(default_factory=dict)
     targets: dict[str, TargetSpec] = Field(default_factory=dict)
-
-    model_config = ConfigDict(populate_by_name=True)
 
 
 # One row's features, before collation: input name → tensor, or None where the row lacks it.
@@ -83,9 +87,9 @@ class Preprocessor:
     def __init__(self, state: PreprocessorState, cache: FeatureCache | None = None) -> None:
         self.state = state
         self.cache = cache or FeatureCache(None)
-        self.inputs = state.schema_.input_names()  # input name → modality, sorted
-        self.numeric_columns = state.schema_.columns_of(Modality.NUMERIC)
-        self.category_columns = state.schema_.columns_of(Modality.CATEGORY)
+        self.inputs = state.table_schema.input_names()  # input name → modality, sorted
+        self.numeric_columns = state.table_schema.columns_of(Modality.NUMERIC)
+        self.category_columns = state.table_schema.columns_of(Modality.CATEGORY)
         cfg = state.config
         self._image_key = params_digest({"kind": "image", **cfg.image.model_dump(exclude={"augment"})})
         audio_params = cfg.audio.model_dump(exclude={"augment"})
@@ -105,17 +109,23 @@ class Preprocessor:
         """Fit statistics, vocabularies and label maps on the training rows only."""
         frame = train.frame
         numeric = {c: NumericStats.fit(frame[c]) for c in schema.columns_of(Modality.NUMERIC)}
-        category = {c: CategoryVocab.fit(frame[c], config.category) for c in schema.columns_of(Modality.CATEGORY)}
+        category = {
+            c: CategoryVocab.fit(frame[c], config.category) for c in schema.columns_of(Modality.CATEGORY)
+        }
         specs = {}
         for column, task in (targets or {}).items():
             if column not in frame.columns:
-                raise DataError([Problem(f"target column not found; columns: {list(frame.columns)}", column=column)])
+                raise DataError(
+                    [Problem(f"target column not found; columns: {list(frame.columns)}", column=column)]
+                )
             specs[column] = fit_target(frame[column], column, task)
-        state = PreprocessorState(config=config, schema=schema, numeric=numeric, category=category, targets=specs)
+        state = PreprocessorState(
+            config=config, table_schema=schema, numeric=numeric, category=category, targets=specs
+        )
         return cls(state, cache)
 
     def to_json(self) -> str:
-        return self.state.model_dump_json(by_alias=True, indent=2)
+        return self.state.model_dump_json(indent=2)
 
     @classmethod
     def from_json(cls, text: str, cache: FeatureCache | None = None) -> Preprocessor:
@@ -148,7 +158,7 @@ class Preprocessor:
         Raises DataError listing every bad cell of the row (row number left for the caller to add).
         """
         sample: Sample = {}
-        problems = []
+        problems: list[Problem] = []
         for name, modality in self.inputs.items():
             try:
                 if modality is Modality.NUMERIC:
@@ -156,7 +166,9 @@ class Preprocessor:
                 elif modality is Modality.CATEGORY:
                     sample[name] = self._category(row)
                 else:
-                    sample[name] = self._single(name, modality, row.get(name), base_dir, allow_base64, generator)
+                    sample[name] = self._single(
+                        name, modality, row.get(name), base_dir, allow_base64, generator
+                    )
             except MediaError as e:
                 cell = row.get(name)
                 file = None if is_missing(cell) or not isinstance(cell, str) or len(cell) > 300 else cell
@@ -187,11 +199,13 @@ class Preprocessor:
             pixels = self.cache.fetch(content, self._image_key, lambda: decode_image(content, cfg.image))
             image = image_to_tensor(pixels, cfg.image)  # (C, H, W)
             if generator is not None and cfg.image.augment.enabled:
-                image = augment_image(image, cfg.image, generator)
+                image = augment_image(image, cfg.image.augment, generator, fill=normalised_black(cfg.image))
             return image
         content = read_source_bytes(source, cfg.audio.max_file_bytes)
         augment = generator is not None and cfg.audio.augment.enabled
-        if augment and cfg.audio.augment.waveform:
+        # Gain and noise act on the waveform, so they need the decoded wave rather than cached features.
+        wave_augment = cfg.audio.augment.noise_probability > 0 or cfg.audio.augment.gain_db != (0.0, 0.0)
+        if augment and wave_augment:
             wave = self.cache.fetch(content, self._wave_key, lambda: decode_audio(content, cfg.audio))
             assert generator is not None
             waveform = augment_waveform(torch.from_numpy(wave), cfg.audio.augment, generator)
@@ -251,7 +265,7 @@ class Preprocessor:
             elif modality is Modality.AUDIO:
                 sizes[name] = cfg.audio.n_mfcc if cfg.audio.feature == "mfcc" else cfg.audio.n_mels
             elif modality is Modality.TEXT:
-                sizes[name] = int(len(self.tokenizer))
+                sizes[name] = len(self.tokenizer)
             elif modality is Modality.NUMERIC:
                 sizes[name] = len(self.numeric_columns)
             else:
@@ -274,7 +288,9 @@ def fit_target(series: Any, column: str, task: TaskKind | None) -> TargetSpec:
     if task == "regression":
         numbers = np.array([to_number(v) for v in values], dtype=np.float64)
         std = float(numbers.std())
-        return TargetSpec(column=column, task=task, mean=float(numbers.mean()), std=std if std > 1e-12 else 1.0)
+        return TargetSpec(
+            column=column, task=task, mean=float(numbers.mean()), std=std if std > 1e-12 else 1.0
+        )
     if task == "multilabel":
         classes = sorted({label for v in values for label in split_labels(v)})
     else:
@@ -325,4 +341,3 @@ def _natural_key(text: str) -> tuple[int, float, str]:
         return (0, float(text), text)
     except ValueError:
         return (1, 0.0, text)
-

@@ -43,7 +43,9 @@ class SplitConfig(BaseModel):
         "(stratified by the first target), so early stopping never looks at the test rows",
     )
     stratify: str | None = Field(None, description="column to stratify by (default: the first target)")
-    group: str | None = Field(None, description="column whose groups must not cross splits (strategy 'group')")
+    group: str | None = Field(
+        None, description="column whose groups must not cross splits (strategy 'group')"
+    )
     seed: int = 0
 
     @model_validator(mode="after")
@@ -73,10 +75,7 @@ def assign_splits(frame: pd.DataFrame, cfg: SplitConfig, default_stratify: str |
                 [Problem("split.strategy 'group' needs split.group naming a column", column=cfg.group)]
             )
         return pd.Series(_grouped(frame[cfg.group], cfg.fractions, rng), index=frame.index)
-    if cfg.strategy == "random":
-        labels = np.zeros(len(frame), dtype=np.int64)
-    else:
-        labels = _labels(frame, stratify)
+    labels = np.zeros(len(frame), dtype=np.int64) if cfg.strategy == "random" else _labels(frame, stratify)
     return pd.Series(_stratified(labels, cfg.fractions, rng), index=frame.index)
 
 
@@ -107,7 +106,9 @@ def _labels(frame: pd.DataFrame, column: str | None) -> np.ndarray:
     return codes.astype(np.int64)
 
 
-def _stratified(labels: np.ndarray, fractions: tuple[float, float, float], rng: np.random.Generator) -> np.ndarray:
+def _stratified(
+    labels: np.ndarray, fractions: tuple[float, float, float], rng: np.random.Generator
+) -> np.ndarray:
     """Within each stratum, shuffle and cut by `fractions` (largest remainder), so every class keeps its
     share in every split."""
     out = np.empty(len(labels), dtype=object)
@@ -121,7 +122,9 @@ def _stratified(labels: np.ndarray, fractions: tuple[float, float, float], rng: 
     return out
 
 
-def _grouped(groups: pd.Series, fractions: tuple[float, float, float], rng: np.random.Generator) -> np.ndarray:
+def _grouped(
+    groups: pd.Series, fractions: tuple[float, float, float], rng: np.random.Generator
+) -> np.ndarray:
     """Whole groups go to one split; groups are dealt in a seeded order to the split furthest below its
     target row count, so the shares come close to `fractions` without splitting any group."""
     keys = groups.astype(str).to_numpy()

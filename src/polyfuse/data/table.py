@@ -1,4 +1,4 @@
-"""Read a user's table (CSV, TSV, JSONL, Parquet) and remember the folder its relative media paths start from."""
+"""Read a user's table (CSV, TSV, JSONL, Parquet), remembering the folder relative media paths start from."""
 
 from __future__ import annotations
 
@@ -48,7 +48,9 @@ class Table:
         return Table(self.frame.iloc[list(rows)].reset_index(drop=True), self.base_dir, self.source)
 
 
-def read_table(path: str | Path | pd.DataFrame | list[dict[str, object]], base_dir: Path | None = None) -> Table:
+def read_table(
+    path: str | Path | pd.DataFrame | list[dict[str, object]], base_dir: Path | None = None
+) -> Table:
     """Read a table file, or wrap rows built in Python (a DataFrame or a list of dicts keyed by column)."""
     if isinstance(path, pd.DataFrame):
         return Table(path.reset_index(drop=True), base_dir)

@@ -59,7 +59,7 @@ def validate_rows(
 ) -> ValidationReport:
     """Decode and featurise every cell (which also fills the feature cache) and check every label."""
     report = ValidationReport()
-    records = table.frame.to_dict("records")
+    records = [{str(k): v for k, v in r.items()} for r in table.frame.to_dict("records")]
     for row, record in enumerate(records):
         try:
             sample = preprocessor.encode_inputs(record, table.base_dir, allow_base64=table.from_python)
@@ -82,4 +82,3 @@ def validate_rows(
         if progress is not None:
             progress(1)
     return report
-

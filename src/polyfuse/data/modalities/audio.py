@@ -307,9 +307,12 @@ def audio_features(waveform: npt.NDArray[np.floating[Any]] | torch.Tensor, cfg: 
     if cfg.feature == "mfcc":
         features = _dct_matrix(cfg.n_mfcc, cfg.n_mels).to(x.device) @ features  # (n_mfcc, T)
     if cfg.normalize:
-        mean = features.mean(dim=1, keepdim=True)  # (F, 1)
-        std = features.std(dim=1, keepdim=True, unbiased=False)  # (F, 1); 0 for one frame or silence
-        features = (features - mean) / std.clamp_min(1e-5)
+        # float64 statistics: a constant row (silence, one frame) then has a mean exactly equal to its
+        # values, so it becomes exactly 0 instead of float32 rounding error divided by a tiny std.
+        wide = features.double()
+        mean = wide.mean(dim=1, keepdim=True)  # (F, 1)
+        std = wide.std(dim=1, keepdim=True, unbiased=False)  # (F, 1)
+        features = ((wide - mean) / std.clamp_min(1e-5)).to(torch.float32)
     return features
 
 

@@ -20,7 +20,7 @@ class TextConfig(BaseModel):
 
     tokenizer: str = Field(
         MINILM,
-        description="'minilm' (the packaged all-MiniLM-L6-v2 tokenizer), a Hugging Face id, or a local folder",
+        description="'minilm' (the packaged all-MiniLM-L6-v2 tokenizer), a Hugging Face id or a local folder",
     )
     max_length: int = Field(
         128, ge=2, le=8192, description="tokens per text after truncation, specials included"

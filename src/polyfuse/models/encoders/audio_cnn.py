@@ -79,7 +79,9 @@ class AudioCNN(EncoderModule):
         if frames.dim() != 3:
             raise ValueError(f"audio.cnn: expected log-mel frames (B, F, T), got {tuple(frames.shape)}")
         batch_size, _, length = frames.shape
-        mask = batch.token_mask if batch.token_mask is not None else full_mask(batch_size, length, frames.device)
+        mask = (
+            batch.token_mask if batch.token_mask is not None else full_mask(batch_size, length, frames.device)
+        )
         x = _zero_padding(frames.unsqueeze(1), mask)  # (B, 1, F, T)
         mask = mask[:, :: self.stem_stride]
         x = _zero_padding(F.relu(self.stem(x)), mask)  # (B, C, F/s, T/s)

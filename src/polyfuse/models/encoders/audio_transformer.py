@@ -1,4 +1,4 @@
-"""audio.transformer: a small transformer over log-mel frames, Whisper-style front end, trained from scratch."""
+"""audio.transformer: a small transformer over log-mel frames with a Whisper-style front end, from scratch."""
 
 from __future__ import annotations
 
@@ -56,11 +56,13 @@ class AudioTransformer(EncoderModule):
         frames = batch.values  # (B, F, T)
         if frames.dim() != 3 or frames.shape[1] != self.n_mels:
             raise ValueError(
-                f"audio.transformer: expected log-mel frames (B, {self.n_mels}, T), got {tuple(frames.shape)}; "
-                "set n_mels to the number of mel bins the audio preprocessing produces"
+                f"audio.transformer: expected log-mel frames (B, {self.n_mels}, T), "
+                f"got {tuple(frames.shape)}; set n_mels to the mel bins the audio preprocessing produces"
             )
         batch_size, _, length = frames.shape
-        mask = batch.token_mask if batch.token_mask is not None else full_mask(batch_size, length, frames.device)
+        mask = (
+            batch.token_mask if batch.token_mask is not None else full_mask(batch_size, length, frames.device)
+        )
         # Keep padded frames at zero after each conv, so a row's output is the same however far it is padded;
         # a stride-2 conv's output frame i is real when input frame 2i is.
         x = frames * mask[:, None, :].to(frames.dtype)

@@ -22,7 +22,11 @@ def _ids_and_mask(name: str, batch: ModalityBatch) -> tuple[Tensor, Tensor]:
     ids = batch.values
     if ids.dim() != 2 or ids.dtype != torch.long:
         raise ValueError(f"{name}: expected token ids, long (B, T), got {ids.dtype} {tuple(ids.shape)}")
-    mask = batch.token_mask if batch.token_mask is not None else full_mask(ids.shape[0], ids.shape[1], ids.device)
+    mask = (
+        batch.token_mask
+        if batch.token_mask is not None
+        else full_mask(ids.shape[0], ids.shape[1], ids.device)
+    )
     return ids, mask
 
 

