@@ -22,8 +22,8 @@ app.add_typer(data_app, name="data")
 app.add_typer(datasets_app, name="datasets")
 datasets_app.add_typer(build_app, name="build")
 
-console = Console()
-err_console = Console(stderr=True)
+console = Console(soft_wrap=True)
+err_console = Console(stderr=True, soft_wrap=True)
 
 
 def _parse_overrides(items: list[str]) -> dict[str, str]:

@@ -18,7 +18,9 @@ AUDIO_EXTENSIONS = {".wav", ".flac", ".ogg", ".oga", ".mp3", ".m4a", ".aiff", ".
 IMAGE_MAGIC = (b"\x89PNG", b"\xff\xd8\xff", b"GIF8", b"BM", b"II*\x00", b"MM\x00*")
 AUDIO_MAGIC = (b"fLaC", b"OggS", b"ID3")
 
-ID_NAMES = re.compile(r"^(id|uid|uuid|key|row_?id|example_?id|.*_id)$", re.IGNORECASE)
+ID_NAMES = re.compile(r"^(id|uid|uuid|row_?id|example_?id)$", re.IGNORECASE)
+# Names that are ids only when unique (a `user_id` repeated across rows is a feature).
+MAYBE_ID_NAMES = re.compile(r"^(key|.*_id)$", re.IGNORECASE)
 LABEL_NAMES = re.compile(r"^(label|labels|target|targets|class|y|answer|outcome)$", re.IGNORECASE)
 SPLIT_NAMES = re.compile(r"^(split|fold|subset|partition)$", re.IGNORECASE)
 GROUP_NAMES = re.compile(r"^(group|speaker|speaker_?id|subject|patient|session|user)$", re.IGNORECASE)
@@ -71,7 +73,9 @@ def infer_column(name: str, series: pd.Series) -> tuple[Modality | Role, str]:
         return Role.LABEL, f"column name, {n_unique} distinct values"
     if GROUP_NAMES.match(name):
         return Role.GROUP, "column name (rows of one group stay in one split)"
-    if ID_NAMES.match(name) and n_unique == len(values):
+    if ID_NAMES.match(name):
+        return Role.ID, "column name"
+    if MAYBE_ID_NAMES.match(name) and n_unique == len(values):
         return Role.ID, "column name, unique values"
 
     media = _media_kind(sample)
@@ -84,10 +88,14 @@ def infer_column(name: str, series: pd.Series) -> tuple[Modality | Role, str]:
             return Modality.CATEGORY, f"integers with only {n_unique} distinct values"
         return Modality.NUMERIC, "numbers"
     strings = [str(v) for v in sample]
+    numbers = sum(_is_number(s) for s in strings)
+    if numbers >= 0.9 * len(strings) and not all(s.strip().lstrip("-").isdigit() for s in strings):
+        # Mostly decimals: a numeric column with a few bad cells, which validation will name.
+        return Modality.NUMERIC, f"numbers ({numbers}/{len(strings)} sampled cells parse)"
     mean_words = sum(len(s.split()) for s in strings) / len(strings)
     if n_unique <= max(20, len(values) // 20) and mean_words <= 3:
         return Modality.CATEGORY, f"short strings, {n_unique} distinct values"
-    if all(_is_number(s) for s in strings):
+    if numbers == len(strings):
         return Modality.NUMERIC, "numbers stored as text"
     return Modality.TEXT, f"free text, {mean_words:.1f} words on average"
 

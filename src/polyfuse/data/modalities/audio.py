@@ -2,10 +2,10 @@
 
 The pipeline for one cell is
 
-    wave = decode_audio(source, cfg)                          # float32 (N,), cfg.sample_rate, <= max_seconds
-    wave = augment_waveform(wave_t, cfg.augment, generator)   # training only: gain + noise
-    feats = audio_features(wave, cfg)                         # float32 (F, T): F = n_mels or n_mfcc
-    feats = spec_augment(feats, cfg.augment, generator)       # training only: time / frequency masks
+    wave = torch.from_numpy(decode_audio(source, cfg))     # float32 (N,), cfg.sample_rate, <= max_seconds
+    wave = augment_waveform(wave, cfg.augment, generator)  # training only: gain + noise
+    feats = audio_features(wave, cfg)                      # float32 (F, T): F = n_mels or n_mfcc
+    feats = spec_augment(feats, cfg.augment, generator)    # training only: time / frequency masks
 
 Decoding treats every file as hostile (docs/research/serving-reliability.md, c.2 A1-A8): header values are
 never trusted for allocation (a WAV can claim 4 GB and hold 32 bytes), samples are read in bounded
@@ -25,7 +25,7 @@ import numpy.typing as npt
 import soundfile as sf
 import torch
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
-from scipy.signal import resample_poly  # type: ignore[import-untyped]
+from scipy.signal import resample_poly
 
 from polyfuse.data.errors import MediaError
 from polyfuse.data.media import MediaSource, describe_source, read_source_bytes

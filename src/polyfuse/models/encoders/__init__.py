@@ -15,7 +15,13 @@ from typing import Any
 from polyfuse.models.encoders.audio_cnn import AudioCNN
 from polyfuse.models.encoders.audio_transformer import AudioTransformer
 from polyfuse.models.encoders.base import Encoder, EncoderModule
-from polyfuse.models.encoders.hf import HFAudioEncoder, HFImageEncoder, HFTextEncoder, minilm
+from polyfuse.models.encoders.hf import (
+    HFAudioEncoder,
+    HFImageEncoder,
+    HFTextEncoder,
+    PretrainedBackbone,
+    minilm,
+)
 from polyfuse.models.encoders.image_cnn import ImageCNN
 from polyfuse.models.encoders.tabular import CategoryEmbedding, NumericMLP
 from polyfuse.models.encoders.text_small import TextBiGRU, TextTransformer
@@ -73,6 +79,7 @@ __all__ = [
     "HFTextEncoder",
     "ImageCNN",
     "NumericMLP",
+    "PretrainedBackbone",
     "TextBiGRU",
     "TextTransformer",
     "create_encoder",

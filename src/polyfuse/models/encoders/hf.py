@@ -17,7 +17,7 @@ from __future__ import annotations
 import inspect
 import os
 from pathlib import Path
-from typing import Any
+from typing import Any, Protocol, runtime_checkable
 
 import torch
 from torch import Tensor
@@ -31,6 +31,16 @@ from polyfuse.models.encoders.base import (
     masked_mean,
 )
 from polyfuse.models.outputs import EncoderOutput
+
+
+@runtime_checkable
+class PretrainedBackbone(Protocol):
+    """What an artifact needs from an HF encoder: where it came from, and a way to write it out so that
+    the same constructor can load it back from `directory` offline."""
+
+    name_or_path: str
+
+    def save_pretrained(self, directory: Path | str) -> None: ...
 
 
 def _local_only(name_or_path: str) -> bool:
