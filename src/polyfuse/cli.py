@@ -164,6 +164,141 @@ def build_synthetic_command(
     console.print(f"wrote {make_synthetic_table(out, n_rows=rows, seed=seed)}")
 
 
+@app.command("init")
+def init_command(
+    table: Annotated[Path, typer.Argument(help="CSV, TSV, JSONL or Parquet table")],
+    target: Annotated[list[str], typer.Option("--target", "-t", help="target column (repeatable)")],
+    output: Annotated[Path, typer.Option("--output", "-o", help="config file to write")] = Path(
+        "config.yaml"
+    ),
+    column: Annotated[
+        list[str] | None,
+        typer.Option("--column", "-c", help="override a column's kind: COLUMN=KIND (repeatable)"),
+    ] = None,
+    fusion: Annotated[
+        str, typer.Option(help="fusion: concat, gated, tensor, lowrank, cross_attention, transformer")
+    ] = "gated",
+    preset: Annotated[str | None, typer.Option(help="preprocessing preset, e.g. av-digits")] = None,
+    force: Annotated[bool, typer.Option(help="overwrite an existing config file")] = False,
+) -> None:
+    """Write a complete config for TABLE, with defaults chosen from its inferred schema."""
+    from polyfuse.init_config import init_config
+    from polyfuse.training.atomic import atomic_write_text
+
+    if output.exists() and not force:
+        raise DataError(f"{output} exists; pass --force to overwrite it")
+    config = init_config(
+        table, target, output, overrides=_parse_overrides(column or []), fusion=fusion, preset=preset
+    )
+    atomic_write_text(output, config.to_yaml())
+    inputs = ", ".join(f"{n} ({e.name})" for n, e in config.encoders.items())
+    console.print(
+        f"wrote {output}: inputs {inputs}; targets {', '.join(config.data.targets)}; fusion {config.fusion.name}"
+    )
+
+
+@app.command("validate")
+def validate_command(
+    config_path: Annotated[Path, typer.Argument(metavar="CONFIG", help="config YAML")],
+) -> None:
+    """Check a config: every error (field, registry name, option, column) is reported at once."""
+    from polyfuse.config import load_config
+    from polyfuse.init_config import check_config
+
+    config = load_config(config_path)
+    problems = check_config(config)
+    if problems:
+        raise DataError(problems)
+    console.print(f"[green]{config_path} is valid[/green]")
+
+
+@app.command("train")
+def train_command(
+    config_path: Annotated[
+        Path, typer.Argument(metavar="CONFIG", help="config YAML (polyfuse init writes one)")
+    ],
+    output: Annotated[Path, typer.Option("--output", "-o", help="run folder: checkpoints, logs, model/")],
+    resume: Annotated[bool, typer.Option(help="continue from RUN_DIR/checkpoints/last.ckpt")] = False,
+    epochs: Annotated[int | None, typer.Option(help="override training.epochs")] = None,
+    seed: Annotated[int | None, typer.Option(help="override training.seed")] = None,
+    fusion: Annotated[str | None, typer.Option(help="override fusion.name")] = None,
+    drop_invalid: Annotated[bool, typer.Option(help="drop rows with problems instead of failing")] = False,
+) -> None:
+    """Train a model; writes RUN_DIR/model (and checkpoints, logs, metrics.json)."""
+    from polyfuse.config import load_config
+    from polyfuse.init_config import check_config
+    from polyfuse.training.run import train
+
+    config = load_config(config_path)
+    training = config.training.model_copy(
+        update={k: v for k, v in {"epochs": epochs, "seed": seed}.items() if v is not None}
+    )
+    updates: dict[str, object] = {"training": training}
+    if fusion is not None:
+        updates["fusion"] = config.fusion.model_copy(update={"name": fusion})
+    if drop_invalid:
+        updates["data"] = config.data.model_copy(update={"drop_invalid": True})
+    config = config.model_copy(update=updates)
+    problems = check_config(config)
+    if problems:
+        raise DataError(problems)
+    console.rule("resolved config")
+    console.print(config.to_yaml(), markup=False, highlight=False)
+    result = train(config, output, resume=resume, show_progress=sys.stderr.isatty(), log=console.print)
+    console.rule("result")
+    for split in ("val", "test"):
+        for target, values in result.metrics.get(split, {}).items():
+            shown = ", ".join(f"{k} {v:.4f}" for k, v in values.items() if isinstance(v, float))
+            console.print(f"{split} {target}: {shown}")
+    console.print(f"model written to {result.model_dir} ({result.epochs} epochs, {result.seconds:.0f} s)")
+
+
+@app.command("evaluate")
+def evaluate_command(
+    model_dir: Annotated[Path, typer.Argument(help="model directory (RUN_DIR/model)")],
+    table: Annotated[Path, typer.Argument(help="table with the target columns")],
+    split: Annotated[
+        str | None, typer.Option(help="only rows whose split column has this value, e.g. test")
+    ] = None,
+    output: Annotated[Path | None, typer.Option("--output", "-o", help="write metrics as JSON here")] = None,
+) -> None:
+    """Accuracy, macro precision/recall/F1 and the confusion matrix (or MAE/RMSE/R²) on TABLE."""
+    import json
+
+    from polyfuse.commands import evaluate_table
+
+    metrics = evaluate_table(model_dir, table, split=split)
+    for target, values in metrics.items():
+        shown = ", ".join(f"{k} {v:.4f}" for k, v in values.items() if isinstance(v, float))
+        console.print(f"{target} ({values.get('rows', 0)} rows): {shown}")
+        if "confusion_matrix" in values:
+            matrix = RichTable("true \\ predicted", *map(str, values["classes"]))
+            for name, row in zip(values["classes"], values["confusion_matrix"], strict=True):
+                matrix.add_row(str(name), *map(str, row))
+            console.print(matrix)
+    if output is not None:
+        from polyfuse.training.atomic import atomic_write_text
+
+        atomic_write_text(output, json.dumps(metrics, indent=2))
+        console.print(f"wrote {output}")
+
+
+@app.command("predict")
+def predict_command(
+    model_dir: Annotated[Path, typer.Argument(help="model directory (RUN_DIR/model)")],
+    table: Annotated[Path, typer.Argument(help="table with the input columns (targets not needed)")],
+    output: Annotated[Path, typer.Option("--output", "-o", help="CSV of predictions")] = Path(
+        "predictions.csv"
+    ),
+    split: Annotated[str | None, typer.Option(help="only rows whose split column has this value")] = None,
+) -> None:
+    """Predict labels (and class probabilities) for every row of TABLE."""
+    from polyfuse.commands import predict_table
+
+    frame = predict_table(model_dir, table, output, split=split)
+    console.print(f"wrote {len(frame)} predictions to {output}")
+
+
 def main() -> None:
     """Entry point: user-data errors print as a clear message and exit 2, never as a traceback."""
     try:

@@ -112,6 +112,12 @@ def _tiny_hf_models() -> dict[str, transformers.PreTrainedModel]:
                 projection_dim=16,
             )
         ),
+        # no CLS token: pooled must be its pooler's token mean, not token 0
+        "swin": transformers.SwinModel(
+            transformers.SwinConfig(
+                image_size=32, patch_size=4, embed_dim=16, depths=[1, 1], num_heads=[2, 2], window_size=4
+            )
+        ),
         "convnext": transformers.ConvNextModel(
             transformers.ConvNextConfig(hidden_sizes=[16, 32], depths=[1, 1], num_stages=2, image_size=32)
         ),
@@ -196,6 +202,7 @@ CASES = [
     Case("image.hf", "vit", _hf("vit"), image_batch),
     Case("image.hf", "clip_vision", _hf("clip_vision"), image_batch),
     Case("image.hf", "clip_full", _hf("clip"), image_batch),
+    Case("image.hf", "swin", _hf("swin"), image_batch),
     Case("image.hf", "convnext", _hf("convnext"), image_batch),
     Case("image.hf", "resnet", _hf("resnet"), image_batch),
     Case("audio.cnn", "small", _plain(widths=(8, 16, 32)), logmel_batch),
@@ -336,6 +343,19 @@ def test_hf_backbone_saves_and_reloads_offline(case: Case, hf_dirs: dict[str, Pa
     batch = case.batch()
     with torch.no_grad():
         torch.testing.assert_close(reloaded(batch).pooled, encoder(batch).pooled)
+
+
+def test_image_pooled_follows_each_family(hf_dirs: dict[str, Path]) -> None:
+    """ViT: the CLS token (its dense+tanh pooler is not built); Swin: the token mean; ResNet: the average."""
+    batch = image_batch()
+    with torch.no_grad():
+        vit = create_encoder("image.hf", name_or_path=str(hf_dirs["vit"])).eval()
+        assert not hasattr(vit.model, "pooler") or vit.model.pooler is None
+        out = vit(batch)
+        assert torch.equal(out.pooled, out.tokens[:, 0])
+        for name in ("swin", "resnet"):
+            out = create_encoder("image.hf", name_or_path=str(hf_dirs[name])).eval()(batch)
+            torch.testing.assert_close(out.pooled, out.tokens.mean(dim=1))
 
 
 def test_minilm_packaged_model_ranks_paraphrases_above_unrelated_sentences() -> None:

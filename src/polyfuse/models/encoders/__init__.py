@@ -3,7 +3,8 @@
 Names are "<modality>.<family>"; the registry maps each to its constructor and holds nothing else. Every
 encoder is an `nn.Module` satisfying `Encoder`: `forward(ModalityBatch) -> EncoderOutput` with tokens
 (B, T, D), token_mask (B, T) and pooled (B, D), D = `output_dim`; `trainable=False` (or `.freeze()`) fixes
-its weights and keeps it in eval mode. Defaults per modality: image.cnn, audio.cnn, text.transformer.
+its weights and keeps it in eval mode. Defaults per modality: image.cnn, audio.cnn, text.minilm (the
+packaged, pretrained all-MiniLM-L6-v2).
 """
 
 from __future__ import annotations
@@ -44,7 +45,7 @@ ENCODERS: dict[str, Callable[..., EncoderModule]] = {
 DEFAULT_ENCODERS: dict[str, str] = {
     "image": "image.cnn",
     "audio": "audio.cnn",
-    "text": "text.transformer",
+    "text": "text.minilm",
     "numeric": "numeric.mlp",
     "category": "category.embedding",
 }

@@ -8,8 +8,9 @@ directory. Files are looked up locally only (`local_files_only=True`) when HF_HU
 constructor pointed at that directory reloads it offline (`create_encoder("text.hf", name_or_path=dir)`).
 The preprocessing (tokenizer, feature extractor) is saved by whoever saves the artifact, not here.
 
-Pooling heads that a family's pooled output does not use (BERT's and ViT's dense+tanh pooler) are not
-built: every parameter of a loaded backbone takes part in `forward`, so each one gets a gradient.
+Pooling heads that the pooled output does not use (the dense+tanh pooler of BERT-style text models and of
+ViT/DeiT) are not built: every parameter of a loaded backbone takes part in `forward`, so each one gets a
+gradient and DDP needs no find_unused_parameters.
 """
 
 from __future__ import annotations
@@ -53,17 +54,17 @@ def _load_config(name_or_path: str) -> Any:
     return AutoConfig.from_pretrained(name_or_path, local_files_only=_local_only(name_or_path))
 
 
-def _load_model(name_or_path: str, config: Any, model_class: Any = None) -> Any:
-    """`model_class.from_pretrained` (AutoModel by default), float32, without an unused pooler head."""
+def _load_model(name_or_path: str, config: Any, model_class: Any = None, drop_pooler: bool = False) -> Any:
+    """`model_class.from_pretrained` (AutoModel by default) in float32; with drop_pooler, a model class that
+    takes `add_pooling_layer` is built without its pooler head."""
     from transformers import MODEL_MAPPING, AutoModel
 
     model_class = model_class or AutoModel
     kwargs: dict[str, Any] = {}
-    # BERT-, RoBERTa- and ViT-style models build a dense+tanh pooler that the pooled outputs here never use.
     resolved: Any = MODEL_MAPPING.get(type(config), None) if model_class is AutoModel else model_class
     if isinstance(resolved, tuple):  # a config type served by several classes: AutoModel takes the first
         resolved = resolved[0]
-    if resolved is not None and "add_pooling_layer" in inspect.signature(resolved).parameters:
+    if drop_pooler and resolved is not None and "add_pooling_layer" in inspect.signature(resolved).parameters:
         kwargs["add_pooling_layer"] = False
     return model_class.from_pretrained(
         name_or_path,
@@ -72,6 +73,12 @@ def _load_model(name_or_path: str, config: Any, model_class: Any = None) -> Any:
         dtype=torch.float32,
         **kwargs,
     )
+
+
+# Image transformers whose pooler is a dense+tanh layer over CLS that the pooled output here replaces by the
+# CLS token itself. Others that take add_pooling_layer keep their pooler: Swin's is the token mean (it has no
+# CLS), BEiT's a layer-normed mean.
+_CLS_POOLED_IMAGE_TYPES = ("vit", "deit")
 
 
 class HFTextEncoder(EncoderModule):
@@ -83,7 +90,8 @@ class HFTextEncoder(EncoderModule):
         super().__init__()
         self.name_or_path = str(name_or_path)
         config = _load_config(self.name_or_path)
-        model = _load_model(self.name_or_path, config)
+        # The dense+tanh pooler of BERT-style models (trained for next-sentence prediction if at all): unused.
+        model = _load_model(self.name_or_path, config, drop_pooler=True)
         self.model = model.get_encoder() if config.is_encoder_decoder else model
         self.output_dim = int(config.hidden_size)
         self.train()  # from_pretrained returns eval mode; start like any other nn.Module
@@ -115,8 +123,8 @@ class HFImageEncoder(EncoderModule):
     By the shape of last_hidden_state:
       (B, T, D) transformers (ViT, DeiT, DINOv2, Swin, CLIP's vision tower): tokens as given, CLS included.
           pooled = pooler_output when the model returns one (CLIP: post-layernorm CLS; DINOv2: normed CLS;
-          Swin: mean), else the CLS token last_hidden_state[:, 0] (ViT/DeiT, whose dense+tanh pooler is
-          not built; ViTForImageClassification classifies from the same token).
+          Swin: token mean), else the CLS token last_hidden_state[:, 0] (ViT/DeiT, whose dense+tanh pooler
+          is not built; ViTForImageClassification classifies from the same token).
       (B, C, H, W) CNNs (ConvNeXt, ResNet): tokens = the map flattened (B, H*W, C); pooled = pooler_output
           (ConvNeXt (B, C) layer-normed mean; ResNet (B, C, 1, 1) average) flattened to (B, C).
     A full CLIP checkpoint (model_type "clip") loads its vision tower only, as CLIPVisionModel.
@@ -132,7 +140,8 @@ class HFImageEncoder(EncoderModule):
 
             self.model = _load_model(self.name_or_path, config.vision_config, CLIPVisionModel)
         else:
-            self.model = _load_model(self.name_or_path, config)
+            drop_pooler = config.model_type in _CLS_POOLED_IMAGE_TYPES
+            self.model = _load_model(self.name_or_path, config, drop_pooler=drop_pooler)
         model_config = self.model.config
         hidden_sizes = getattr(model_config, "hidden_sizes", None)
         self.output_dim = int(hidden_sizes[-1] if hidden_sizes else model_config.hidden_size)

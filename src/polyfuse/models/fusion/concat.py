@@ -20,6 +20,8 @@ from polyfuse.models.outputs import EncoderOutput
 
 
 class ConcatFusion(nn.Module):
+    """hidden_dim: width of each projection and of the MLP; dropout: inside the MLP."""
+
     def __init__(
         self,
         input_dims: dict[str, int],

@@ -63,6 +63,9 @@ class CrossAttentionBlock(nn.Module):
 
 
 class CrossAttentionFusion(nn.Module):
+    """d_model, num_heads: width and heads of every block (one block per input); ffn_dim: the blocks'
+    feed-forward width (default 2 * d_model); dropout: on attention weights and residual branches."""
+
     def __init__(
         self,
         input_dims: dict[str, int],
@@ -74,7 +77,6 @@ class CrossAttentionFusion(nn.Module):
         dropout: float = 0.1,
         modality_dropout: float = 0.0,
     ) -> None:
-        """ffn_dim defaults to 2 * d_model."""
         super().__init__()
         self.input_dims = check_config("cross_attention", input_dims, output_dim, modality_dropout)
         if d_model % num_heads:

@@ -4,9 +4,9 @@ Each input m is projected to h_m (B, output_dim) and scores itself with a small 
 The gate softmax runs over the inputs present in the row only (absent ones get -inf), so the output is
 a convex combination of what the row actually has, and `gate_weights` says how much each input counted.
 
-A row with no input present at all (only possible without modality dropout's guarantee, e.g. at inference
-on an empty row) falls back to a softmax over every input's learned stand-in, so it still gets a finite,
-learned output. This is also the only place where the stand-ins receive gradient in this fusion.
+A row with no input present at all (modality dropout never empties a row, but a row can arrive empty)
+falls back to a softmax over every input's learned stand-in, so it still gets a finite, learned output.
+Such rows are the only ones through which this fusion's stand-ins receive gradient.
 """
 
 from __future__ import annotations
@@ -25,6 +25,8 @@ from polyfuse.models.outputs import EncoderOutput
 
 
 class GatedFusion(nn.Module):
+    """dropout: on the projected vectors, before gating."""
+
     def __init__(
         self,
         input_dims: dict[str, int],

@@ -25,6 +25,8 @@ from polyfuse.models.outputs import EncoderOutput
 
 
 class LowRankFusion(nn.Module):
+    """rank: number R of rank-one terms; dropout: on each pooled input before its factor."""
+
     def __init__(
         self,
         input_dims: dict[str, int],

@@ -23,6 +23,9 @@ MAX_PRODUCT_SIZE = 1_000_000
 
 
 class TensorFusion(nn.Module):
+    """proj_dim: size d of each projected input (the product has (d + 1) ** M features); hidden_dim:
+    width of the MLP on the product; dropout: on the product and inside the MLP."""
+
     def __init__(
         self,
         input_dims: dict[str, int],

@@ -28,6 +28,9 @@ from polyfuse.models.outputs import EncoderOutput
 
 
 class TransformerFusion(nn.Module):
+    """d_model, num_heads, num_layers: the joint encoder's size; ffn_dim: its feed-forward width (default
+    2 * d_model); dropout: inside the encoder layers."""
+
     def __init__(
         self,
         input_dims: dict[str, int],
@@ -40,7 +43,6 @@ class TransformerFusion(nn.Module):
         dropout: float = 0.1,
         modality_dropout: float = 0.0,
     ) -> None:
-        """ffn_dim defaults to 2 * d_model."""
         super().__init__()
         self.input_dims = check_config("transformer", input_dims, output_dim, modality_dropout)
         if d_model % num_heads:

@@ -1,0 +1,234 @@
+"""The model directory: everything needed to predict offline, and nothing that can run code on load.
+
+    model/
+      polyfuse.json          format + polyfuse versions, inputs, targets
+      config.yaml            the resolved run config (Hugging Face encoders point at backbones/)
+      model.safetensors      weights of everything but the Hugging Face backbones
+      backbones/<input>/     each Hugging Face backbone, save_pretrained (config.json + model.safetensors)
+      tokenizer/             the text tokenizer, when there are text inputs
+      preprocessing.json     image/audio/text settings, numeric statistics, vocabularies, label maps
+      labels.json            class names per target
+      metrics.json           evaluation results
+      README.md              a short model card
+
+The folder is written beside its destination and renamed into place, so a crash leaves the previous model
+(or none), never half of one. No pickle: loading refuses .pkl/.pt/.pth/.bin/.joblib weights.
+"""
+
+from __future__ import annotations
+
+import datetime
+import json
+import shutil
+import tempfile
+from pathlib import Path
+from typing import Any
+
+import yaml
+from safetensors import SafetensorError
+from safetensors.torch import load_file, save_file
+from torch import nn
+
+from polyfuse.config import EncoderConfig, RunConfig, parse_config
+from polyfuse.data.errors import DataError, Problem
+from polyfuse.data.preprocess import Preprocessor
+from polyfuse.data.schema import Modality
+from polyfuse.models.model import MultimodalModel, build_model, count_parameters, encoder_name
+from polyfuse.training.atomic import atomic_replace_dir
+
+FORMAT = "polyfuse-model"
+FORMAT_VERSION = 1
+PICKLE_SUFFIXES = {".pkl", ".pickle", ".pt", ".pth", ".bin", ".joblib", ".ckpt"}
+
+
+def _is_backbone(encoder: nn.Module) -> bool:
+    return hasattr(encoder, "save_pretrained") and hasattr(encoder, "name_or_path")
+
+
+def save_model(
+    directory: Path,
+    model: MultimodalModel,
+    config: RunConfig,
+    preprocessor: Preprocessor,
+    metrics: dict[str, Any] | None = None,
+) -> Path:
+    """Write the model directory atomically; returns its path."""
+    from polyfuse import __version__
+
+    directory = Path(directory)
+    directory.parent.mkdir(parents=True, exist_ok=True)
+    staging = Path(tempfile.mkdtemp(dir=directory.parent, prefix=f".{directory.name}.staging-"))
+    try:
+        encoders = dict(config.encoders)
+        backbone_prefixes = []
+        for name, key in model.input_keys.items():
+            encoder = model.encoders[key]
+            if _is_backbone(encoder):
+                encoder.save_pretrained(staging / "backbones" / key)  # type: ignore[operator]
+                modality = preprocessor.inputs[name]
+                original = encoder_name(config, name, modality)
+                chosen = config.encoders.get(name) or EncoderConfig(name=original)
+                encoders[name] = EncoderConfig(
+                    name=f"{modality.value}.hf",
+                    trainable=chosen.trainable,
+                    options={"name_or_path": f"backbones/{key}", "saved_from": original},
+                )
+                backbone_prefixes.append(f"encoders.{key}.")
+        state = {
+            k: v.detach().cpu().contiguous()
+            for k, v in model.state_dict().items()
+            if not any(k.startswith(p) for p in backbone_prefixes)
+        }
+        save_file(state, str(staging / "model.safetensors"), metadata={"format": FORMAT})
+
+        state_text = preprocessor.state.model_copy(deep=True)
+        if Modality.TEXT in preprocessor.inputs.values():
+            preprocessor.tokenizer.save_pretrained(str(staging / "tokenizer"))
+            state_text.config.text.tokenizer = "tokenizer"
+        saved_config = config.model_copy(update={"encoders": encoders})
+        (staging / "config.yaml").write_text(saved_config.to_yaml())
+        (staging / "preprocessing.json").write_text(state_text.model_dump_json(indent=2))
+        labels = {t: s.classes for t, s in preprocessor.state.targets.items() if s.task != "regression"}
+        (staging / "labels.json").write_text(json.dumps(labels, indent=2))
+        (staging / "metrics.json").write_text(json.dumps(metrics or {}, indent=2))
+        info = {
+            "format": FORMAT,
+            "format_version": FORMAT_VERSION,
+            "polyfuse_version": __version__,
+            "created": datetime.datetime.now(datetime.UTC).isoformat(timespec="seconds"),
+            "inputs": {n: m.value for n, m in preprocessor.inputs.items()},
+            "targets": {t: s.task for t, s in preprocessor.state.targets.items()},
+            "parameters": count_parameters(model),
+        }
+        (staging / "polyfuse.json").write_text(json.dumps(info, indent=2))
+        (staging / "README.md").write_text(_model_card(info, config, metrics or {}))
+        atomic_replace_dir(staging, directory)
+    except BaseException:
+        shutil.rmtree(staging, ignore_errors=True)
+        raise
+    return directory
+
+
+def load_model(directory: Path | str) -> tuple[MultimodalModel, RunConfig, Preprocessor, dict[str, Any]]:
+    """Rebuild the model from its directory, offline. Errors say what is wrong with the folder."""
+    directory = Path(directory)
+    info = _read_info(directory)
+    _refuse_pickles(directory)
+    config = parse_config(
+        yaml.safe_load((directory / "config.yaml").read_text()), str(directory / "config.yaml")
+    )
+    encoders = {
+        name: enc.model_copy(update={"options": _resolve_backbone(enc.options, directory)})
+        for name, enc in config.encoders.items()
+    }
+    config = config.model_copy(update={"encoders": encoders})
+    state_json = json.loads((directory / "preprocessing.json").read_text())
+    if state_json.get("config", {}).get("text", {}).get("tokenizer") == "tokenizer":
+        state_json["config"]["text"]["tokenizer"] = str((directory / "tokenizer").resolve())
+    preprocessor = Preprocessor.from_json(json.dumps(state_json))
+    model = build_model(config, preprocessor)
+    try:
+        weights = load_file(str(directory / "model.safetensors"))
+    except (SafetensorError, OSError) as e:
+        raise DataError(
+            [Problem(f"corrupt or unreadable model weights: {e}", file=str(directory / "model.safetensors"))]
+        ) from None
+    missing, unexpected = model.load_state_dict(weights, strict=False)
+    backbone_prefixes = tuple(
+        f"encoders.{model.input_keys[n]}."
+        for n, e in encoders.items()
+        if "name_or_path" in e.options and str(e.options["name_or_path"]).startswith(str(directory))
+    )
+    missing = [k for k in missing if not k.startswith(backbone_prefixes)]
+    if missing or unexpected:
+        raise DataError(
+            [
+                Problem(
+                    f"weights do not match the config: missing {missing[:5]}, unexpected {unexpected[:5]}",
+                    file=str(directory / "model.safetensors"),
+                )
+            ]
+        )
+    model.eval()
+    return model, config, preprocessor, info
+
+
+def _read_info(directory: Path) -> dict[str, Any]:
+    from polyfuse import __version__
+
+    if not directory.is_dir():
+        raise DataError(
+            [
+                Problem(
+                    "model directory not found",
+                    file=str(directory),
+                    fix="pass the folder `polyfuse train` wrote (RUN_DIR/model)",
+                )
+            ]
+        )
+    path = directory / "polyfuse.json"
+    if not path.exists():
+        raise DataError([Problem("not a polyfuse model directory (no polyfuse.json)", file=str(directory))])
+    info: dict[str, Any] = json.loads(path.read_text())
+    if info.get("format") != FORMAT:
+        raise DataError([Problem(f"unknown format {info.get('format')!r}", file=str(path))])
+    if info.get("format_version", 0) > FORMAT_VERSION:
+        raise DataError(
+            [
+                Problem(
+                    f"model format {info.get('format_version')} was written by polyfuse {info.get('polyfuse_version')}; "
+                    f"this polyfuse ({__version__}) reads format {FORMAT_VERSION} and older",
+                    file=str(path),
+                    fix="upgrade polyfuse (pip install -U polyfuse)",
+                )
+            ]
+        )
+    return info
+
+
+def _refuse_pickles(directory: Path) -> None:
+    found = [p for p in directory.rglob("*") if p.suffix.lower() in PICKLE_SUFFIXES]
+    if found:
+        raise DataError(
+            [
+                Problem(
+                    "pickle-based files are never loaded (they can run code)",
+                    file=str(found[0]),
+                    fix="polyfuse models hold safetensors + JSON only; re-save the model with polyfuse",
+                )
+            ]
+        )
+
+
+def _resolve_backbone(options: dict[str, Any], directory: Path) -> dict[str, Any]:
+    path = options.get("name_or_path")
+    if isinstance(path, str) and path.startswith("backbones/"):
+        options = {k: v for k, v in options.items() if k != "saved_from"}
+        options["name_or_path"] = str((directory / path).resolve())
+    else:
+        options = {k: v for k, v in options.items() if k != "saved_from"}
+    return options
+
+
+def _model_card(info: dict[str, Any], config: RunConfig, metrics: dict[str, Any]) -> str:
+    lines = [
+        "# polyfuse model",
+        "",
+        f"- polyfuse {info['polyfuse_version']}, format {info['format_version']}, created {info['created']}",
+        f"- inputs: {', '.join(f'{n} ({m})' for n, m in info['inputs'].items())}",
+        f"- targets: {', '.join(f'{t} ({k})' for t, k in info['targets'].items())}",
+        f"- fusion: {config.fusion.name}, {info['parameters']:,} parameters",
+        f"- trained on: {config.data.table}",
+        "",
+        "## Metrics",
+        "",
+    ]
+    for split, per_target in metrics.items():
+        if not isinstance(per_target, dict):
+            continue
+        for target, values in per_target.items():
+            if isinstance(values, dict):
+                shown = ", ".join(f"{k} {v:.4f}" for k, v in values.items() if isinstance(v, float))
+                lines.append(f"- {split} / {target}: {shown}")
+    lines += ["", "Load with `polyfuse.load(path)`; no network access is needed.", ""]
+    return "\n".join(lines)

@@ -1,0 +1,54 @@
+"""Library functions behind `polyfuse evaluate` and `polyfuse predict` (the CLI only parses options)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import pandas as pd
+
+from polyfuse.data.errors import DataError, Problem
+from polyfuse.data.splits import _ALIASES
+from polyfuse.data.table import Table, read_table
+from polyfuse.predict import Predictor
+from polyfuse.training.atomic import atomic_write_text
+
+
+def _rows(predictor: Predictor, table_path: Path, split: str | None) -> Table:
+    table = read_table(table_path)
+    if split is None:
+        return table
+    column = predictor.config.data.split.column
+    if column not in table.frame.columns:
+        raise DataError(
+            [Problem(f"--split needs the split column '{column}' in the table", file=str(table_path))]
+        )
+    wanted = _ALIASES.get(split.lower(), split.lower())
+    names = table.frame[column].astype(str).str.strip().str.lower().map(lambda v: _ALIASES.get(v, v))
+    rows = list(names.index[names == wanted])
+    if not rows:
+        raise DataError([Problem(f"no rows with split '{split}'", column=column, file=str(table_path))])
+    return table.subset(rows)
+
+
+def evaluate_table(model_dir: Path, table_path: Path, split: str | None = None) -> dict[str, Any]:
+    predictor = Predictor(model_dir)
+    return predictor.evaluate(_rows(predictor, table_path, split))
+
+
+def predict_table(model_dir: Path, table_path: Path, output: Path, split: str | None = None) -> pd.DataFrame:
+    """Predictions per row (+ `<target>_proba_<class>` columns), keyed by the table's id column if any."""
+    predictor = Predictor(model_dir)
+    table = _rows(predictor, table_path, split)
+    frame = predictor.predict(table)
+    for target, spec in predictor.specs.items():
+        if spec.task != "regression":
+            probs = predictor.predict_proba(table, target)
+            frame = pd.concat([frame, probs.add_prefix(f"{target}_proba_")], axis=1)
+    ids = [
+        c for c, kind in predictor.config.data.columns.items() if kind == "id" and c in table.frame.columns
+    ]
+    if ids:
+        frame.insert(0, ids[0], table.frame[ids[0]].tolist())
+    atomic_write_text(output, frame.to_csv(index=False))
+    return frame

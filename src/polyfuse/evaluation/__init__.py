@@ -1,0 +1,1 @@
+"""Evaluation: metrics per target, over a split or a whole table."""

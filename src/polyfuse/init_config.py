@@ -1,0 +1,219 @@
+"""`polyfuse init` and `polyfuse validate`: a complete config from a table, and every config error at once."""
+
+from __future__ import annotations
+
+import inspect
+import os
+from collections import Counter
+from pathlib import Path
+from typing import Any
+
+from polyfuse.config import EncoderConfig, FusionConfig, RunConfig
+from polyfuse.data.errors import DataError, MediaError, Problem
+from polyfuse.data.infer import infer_schema
+from polyfuse.data.media import is_missing, resolve_media
+from polyfuse.data.modalities.audio import AudioConfig
+from polyfuse.data.modalities.image import ImageConfig
+from polyfuse.data.prepare import DataConfig
+from polyfuse.data.preprocess import PreprocessingConfig
+from polyfuse.data.schema import Modality, Role, TableSchema
+from polyfuse.data.splits import SplitConfig
+from polyfuse.data.table import Table, read_table
+from polyfuse.models.encoders import DEFAULT_ENCODERS, ENCODERS, list_encoders
+from polyfuse.models.fusion import _FUSIONS, list_fusions
+from polyfuse.presets import preprocessing_preset
+
+SNIFF_FILES = 20  # media files opened to pick image size/mode and audio sample rate
+
+
+def init_config(
+    table_path: Path,
+    targets: list[str],
+    output: Path,
+    *,
+    overrides: dict[str, str] | None = None,
+    fusion: str = "gated",
+    preset: str | None = None,
+) -> RunConfig:
+    """A complete config for `table_path`, with defaults chosen from the inferred schema and a look at a
+    few media files (native image size and colour mode, native audio sample rate)."""
+    table = read_table(table_path)
+    columns = dict(overrides or {})
+    for t in targets:
+        columns.setdefault(t, Role.LABEL.value)
+    schema = infer_schema(table, columns)
+    missing = [t for t in targets if t not in table.frame.columns]
+    if missing:
+        raise DataError(
+            [Problem(f"target not found; columns: {list(table.frame.columns)}", column=t) for t in missing]
+        )
+    if not targets:
+        targets = schema.columns_of(Role.LABEL)[:1]
+        if not targets:
+            raise DataError("no target column given or inferred; pass --target COLUMN")
+    split_columns = schema.columns_of(Role.SPLIT)
+    if split_columns:
+        split = SplitConfig(strategy="column", column=split_columns[0])
+    else:
+        split = SplitConfig(strategy="stratified")
+    preprocessing = preprocessing_preset(preset) if preset else suggest_preprocessing(table, schema)
+    try:
+        relative = Path(os.path.relpath(table_path.resolve(), output.resolve().parent))
+    except ValueError:  # another drive on Windows
+        relative = table_path.resolve()
+    data = DataConfig(
+        table=relative,
+        columns={c.name: c.kind.value for c in schema.columns if c.name not in targets},
+        targets={t: None for t in targets},
+        split=split,
+        preprocessing=preprocessing,
+    )
+    encoders = {
+        name: EncoderConfig(name=DEFAULT_ENCODERS[modality.value], trainable=modality is not Modality.TEXT)
+        for name, modality in schema.input_names().items()
+    }
+    config = RunConfig(data=data, encoders=encoders, fusion=FusionConfig(name=fusion))
+    return config
+
+
+def suggest_preprocessing(table: Table, schema: TableSchema) -> PreprocessingConfig:
+    """Keep small images at their native size and grey when they are grey; resample audio to the most
+    common native rate (capped at 16 kHz, where speech features stop gaining)."""
+    from PIL import Image
+
+    config = PreprocessingConfig()
+    images = _sample_sources(table, schema.columns_of(Modality.IMAGE))
+    if images:
+        sizes: Counter[tuple[int, int]] = Counter()
+        modes: Counter[str] = Counter()
+        for source in images:
+            try:
+                with Image.open(source) as im:
+                    sizes[(im.height, im.width)] += 1
+                    modes["L" if im.mode in ("L", "1", "I;16", "I") else "RGB"] += 1
+            except (OSError, ValueError):
+                continue  # validation reports unreadable files with their rows
+        if sizes:
+            (height, width), _ = sizes.most_common(1)[0]
+            mode = modes.most_common(1)[0][0]
+            size = (height, width) if max(height, width) <= 64 else (64, 64)
+            config.image = ImageConfig(mode="L" if mode == "L" else "RGB", size=size)
+    sounds = _sample_sources(table, schema.columns_of(Modality.AUDIO))
+    if sounds:
+        import soundfile as sf
+
+        rates: Counter[int] = Counter()
+        for source in sounds:
+            try:
+                rates[sf.info(str(source)).samplerate] += 1
+            except (RuntimeError, OSError, sf.LibsndfileError):
+                continue
+        if rates:
+            rate = min(rates.most_common(1)[0][0], 16_000)
+            # 25 ms windows, 10 ms hops, an FFT of the next power of two; fewer mel bands at low rates.
+            win = int(0.025 * rate)
+            config.audio = AudioConfig(
+                sample_rate=rate,
+                win_length=win,
+                hop_length=int(0.010 * rate),
+                n_fft=1 << (win - 1).bit_length(),
+                n_mels=40 if rate <= 8000 else 64,
+                max_seconds=10.0,
+            )
+    return config
+
+
+def _sample_sources(table: Table, columns: list[str]) -> list[Path]:
+    found: list[Path] = []
+    for column in columns:
+        for value in table.frame[column].tolist():
+            if len(found) >= SNIFF_FILES:
+                return found
+            if is_missing(value):
+                continue
+            try:
+                source = resolve_media(value, table.base_dir, allow_base64=False)
+            except MediaError:
+                continue
+            if isinstance(source, Path) and source.is_file():
+                found.append(source)
+    return found
+
+
+def check_config(config: RunConfig, *, check_table: bool = True) -> list[Problem]:
+    """Everything wrong with a parsed config that can be known without training: registry names,
+    constructor options, the table and its columns. Pydantic errors are raised earlier, all together."""
+    problems: list[Problem] = []
+    for name, encoder in config.encoders.items():
+        if encoder.name not in ENCODERS:
+            problems.append(
+                Problem(
+                    f"field 'encoders.{name}.name': unknown encoder '{encoder.name}'; choose one of {list_encoders()}"
+                )
+            )
+            continue
+        problems += _check_options(f"encoders.{name}.options", ENCODERS[encoder.name], encoder.options)
+    if config.fusion.name not in _FUSIONS:
+        problems.append(
+            Problem(
+                f"field 'fusion.name': unknown fusion '{config.fusion.name}'; choose one of {list_fusions()}"
+            )
+        )
+    else:
+        problems += _check_options("fusion.options", _FUSIONS[config.fusion.name], config.fusion.options)
+    for target in config.heads:
+        if target not in config.data.targets:
+            problems.append(
+                Problem(f"field 'heads.{target}': not a target; targets: {list(config.data.targets)}")
+            )
+    if not config.data.targets:
+        problems.append(Problem("field 'data.targets': name at least one target column"))
+    if check_table:
+        try:
+            table = read_table(config.data.table)
+        except DataError as e:
+            return problems + e.problems
+        columns = set(map(str, table.frame.columns))
+        for target in config.data.targets:
+            if target not in columns:
+                problems.append(
+                    Problem(
+                        f"field 'data.targets': column '{target}' is not in the table; columns: {sorted(columns)}"
+                    )
+                )
+        for column in config.data.columns:
+            if column not in columns:
+                problems.append(Problem(f"field 'data.columns.{column}': no such column in the table"))
+        try:
+            from polyfuse.data.prepare import resolve_schema
+
+            schema = resolve_schema(table, config.data)
+            inputs = schema.input_names()
+            for name, encoder in config.encoders.items():
+                if name not in inputs:
+                    problems.append(
+                        Problem(
+                            f"field 'encoders.{name}': not an input of the table; inputs: {sorted(inputs)}"
+                        )
+                    )
+                elif not encoder.name.startswith(inputs[name].value + "."):
+                    problems.append(
+                        Problem(
+                            f"field 'encoders.{name}.name': '{encoder.name}' does not encode {inputs[name].value}"
+                        )
+                    )
+        except DataError as e:
+            problems += e.problems
+    return problems
+
+
+def _check_options(field: str, constructor: Any, options: dict[str, Any]) -> list[Problem]:
+    parameters = inspect.signature(constructor).parameters
+    accepts_any = any(p.kind is inspect.Parameter.VAR_KEYWORD for p in parameters.values())
+    return [
+        Problem(
+            f"field '{field}.{key}': not an option; options are {[p for p in parameters if p not in ('input_dims', 'output_dim')]}"
+        )
+        for key in options
+        if key not in parameters and not accepts_any
+    ]

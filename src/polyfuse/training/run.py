@@ -1,0 +1,210 @@
+"""`polyfuse.train(config, run_dir)`: prepare data, fit with Lightning, keep the best weights, save the model.
+
+RUN_DIR/
+  config.yaml            the resolved config (also inside every checkpoint)
+  preprocessing.json     fitted on the training split
+  checkpoints/last.ckpt  every epoch, atomically; `--resume` continues from here
+  checkpoints/best.ckpt  the best epoch by `training.monitor`
+  logs/                  metrics per epoch as CSV and TensorBoard event files
+  model/                 the model directory (see polyfuse.artifact)
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import math
+import time
+import warnings
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from polyfuse.artifact import save_model
+from polyfuse.config import RunConfig
+from polyfuse.data.prepare import PreparedData, prepare_data
+from polyfuse.data.preprocess import Preprocessor
+from polyfuse.evaluation.evaluate import collect_outputs, score
+from polyfuse.models.model import MultimodalModel, build_model, count_parameters
+from polyfuse.objectives.supervised import balanced_class_weights
+from polyfuse.training.atomic import atomic_write_text
+from polyfuse.training.data import make_loader
+
+CHECKPOINTS = "checkpoints"
+
+
+@dataclass
+class TrainResult:
+    model_dir: Path
+    metrics: dict[str, Any]
+    epochs: int
+    seconds: float
+    parameters: int
+
+
+def train(
+    config: RunConfig,
+    run_dir: Path | str,
+    *,
+    resume: bool = False,
+    show_progress: bool = True,
+    log: Any = print,
+) -> TrainResult:
+    """Train, evaluate on the validation and test splits, and write RUN_DIR/model."""
+    import lightning as L
+    from lightning.pytorch.callbacks import EarlyStopping, ModelCheckpoint, RichProgressBar
+    from lightning.pytorch.loggers import CSVLogger, TensorBoardLogger
+
+    from polyfuse.training.checkpoint_io import AtomicCheckpointIO
+    from polyfuse.training.module import PolyfuseModule
+
+    start = time.perf_counter()
+    run_dir = Path(run_dir)
+    run_dir.mkdir(parents=True, exist_ok=True)
+    last = run_dir / CHECKPOINTS / "last.ckpt"
+    resume_from = last if resume and last.exists() else None
+    if resume and resume_from is None:
+        log(f"no checkpoint at {last}: starting from scratch")
+    if not config.data.targets:
+        raise ValueError(
+            "data.targets is empty: name at least one target column (polyfuse init --target COL)"
+        )
+
+    prepared = prepare_data(config.data, show_progress=show_progress)
+    if prepared.dropped_rows:
+        log(f"dropped {len(prepared.dropped_rows)} invalid row(s) (--drop-invalid)")
+    preprocessor = prepared.preprocessor
+    if resume_from is not None:
+        # Continue with the preprocessing the run started with, exactly.
+        saved = torch.load(resume_from, map_location="cpu", weights_only=True)["polyfuse"]
+        preprocessor = Preprocessor.from_json(saved["preprocessing"], cache=preprocessor.cache)
+    atomic_write_text(run_dir / "config.yaml", config.to_yaml())
+    atomic_write_text(run_dir / "preprocessing.json", preprocessor.to_json())
+
+    training = config.training
+    train_table, val_table = prepared.split("train"), prepared.split("val")
+    loader_args = dict(batch_size=training.batch_size, seed=training.seed, num_workers=training.num_workers)
+    train_loader = make_loader(train_table, preprocessor, train=True, **loader_args)  # type: ignore[arg-type]
+    val_loader = make_loader(val_table, preprocessor, train=False, **loader_args) if len(val_table) else None  # type: ignore[arg-type]
+
+    model = build_model(config, preprocessor)
+    specs = preprocessor.state.targets
+    class_weights = (
+        _class_weights(config, prepared, preprocessor)
+        if any(config.head(t).class_weights == "balanced" for t in specs)
+        else {}
+    )
+    steps_per_epoch = math.ceil(len(train_loader) / training.accumulate_grad_batches)
+    module = PolyfuseModule(
+        model,
+        specs,
+        training,
+        total_steps=steps_per_epoch * training.epochs,
+        class_weights=class_weights,
+        loss_weights={t: config.head(t).loss_weight for t in specs},
+        extra_state={"config": config.to_yaml(), "preprocessing": preprocessor.to_json()},
+    )
+    monitor = training.monitor if val_loader is not None else "train_loss_epoch"
+    mode = "max" if "accuracy" in monitor or "f1" in monitor else "min"
+    callbacks: list[Any] = [
+        ModelCheckpoint(
+            dirpath=run_dir / CHECKPOINTS,
+            filename="best",
+            monitor=monitor,
+            mode=mode,
+            save_top_k=1,
+            save_last=True,
+            enable_version_counter=False,
+        )
+    ]
+    if training.early_stopping_patience is not None:
+        callbacks.append(EarlyStopping(monitor=monitor, mode=mode, patience=training.early_stopping_patience))
+    if show_progress:
+        callbacks.append(RichProgressBar(leave=True))
+    _quiet_lightning()
+    trainer = L.Trainer(
+        max_epochs=training.epochs,
+        accelerator=training.accelerator,
+        devices=training.devices,
+        num_nodes=training.num_nodes,
+        precision=training.precision,
+        gradient_clip_val=training.gradient_clip,
+        accumulate_grad_batches=training.accumulate_grad_batches,
+        deterministic=training.deterministic,
+        callbacks=callbacks,
+        logger=[
+            CSVLogger(run_dir, name="logs", version=""),
+            TensorBoardLogger(run_dir, name="logs", version=""),
+        ],
+        plugins=[AtomicCheckpointIO()],
+        enable_progress_bar=show_progress,
+        enable_model_summary=False,
+        num_sanity_val_steps=0,
+        log_every_n_steps=training.log_every_n_steps,
+        default_root_dir=run_dir,
+    )
+    trainer.fit(module, train_loader, val_loader, ckpt_path=str(resume_from) if resume_from else None)
+
+    best = run_dir / CHECKPOINTS / "best.ckpt"
+    if best.exists():
+        module.load_state_dict(torch.load(best, map_location="cpu", weights_only=True)["state_dict"])
+    model = module.model.cpu().eval()
+    metrics = evaluate_splits(model, prepared, preprocessor, training.batch_size)
+    metrics["training"] = {
+        "epochs": int(trainer.current_epoch),
+        "seconds": round(time.perf_counter() - start, 1),
+        "parameters": count_parameters(model),
+        "trainable_parameters": count_parameters(model, trainable_only=True),
+    }
+    model_dir = save_model(run_dir / "model", model, config, preprocessor, metrics)
+    atomic_write_text(run_dir / "metrics.json", json.dumps(metrics, indent=2))
+    return TrainResult(
+        model_dir, metrics, int(trainer.current_epoch), time.perf_counter() - start, count_parameters(model)
+    )
+
+
+def evaluate_splits(
+    model: MultimodalModel, prepared: PreparedData, preprocessor: Preprocessor, batch_size: int
+) -> dict[str, Any]:
+    results: dict[str, Any] = {}
+    for split in ("val", "test"):
+        table = prepared.split(split)
+        if len(table) == 0:
+            continue
+        loader = make_loader(table, preprocessor, batch_size=batch_size, train=False)
+        outputs, targets, _, _ = collect_outputs(model, loader)
+        results[split] = score(outputs, targets, preprocessor.state.targets)
+    return results
+
+
+def _class_weights(
+    config: RunConfig, prepared: PreparedData, preprocessor: Preprocessor
+) -> dict[str, torch.Tensor | None]:
+    train_table = prepared.split("train")
+    weights: dict[str, torch.Tensor | None] = {}
+    for target, spec in preprocessor.state.targets.items():
+        if config.head(target).class_weights != "balanced" or spec.task == "regression":
+            weights[target] = None
+            continue
+        values = torch.stack(
+            [
+                preprocessor.encode_targets({str(k): v for k, v in r.items()})[target]
+                for r in train_table.frame.to_dict("records")
+            ]
+        )
+        weights[target] = balanced_class_weights(values, spec)
+    return weights
+
+
+def _quiet_lightning() -> None:
+    """Lightning's hints about workers and tips are noise for a CLI user; warnings of substance stay."""
+    for name in (
+        "lightning.pytorch.utilities.rank_zero",
+        "lightning.pytorch.accelerators.cuda",
+        "lightning.fabric.utilities.seed",
+    ):
+        logging.getLogger(name).setLevel(logging.WARNING)
+    warnings.filterwarnings("ignore", message=".*does not have many workers.*")
+    warnings.filterwarnings("ignore", message=".*predict_dataloader.*")
