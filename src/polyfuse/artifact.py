@@ -29,12 +29,12 @@ from safetensors import SafetensorError
 from safetensors.torch import load_file, save_file
 from torch import nn
 
+from polyfuse.atomic import atomic_replace_dir
 from polyfuse.config import EncoderConfig, RunConfig, parse_config
 from polyfuse.data.errors import DataError, Problem
 from polyfuse.data.preprocess import Preprocessor
 from polyfuse.data.schema import Modality
 from polyfuse.models.model import MultimodalModel, build_model, count_parameters, encoder_name
-from polyfuse.training.atomic import atomic_replace_dir
 
 FORMAT = "polyfuse-model"
 FORMAT_VERSION = 1

@@ -182,15 +182,15 @@ def init_command(
     force: Annotated[bool, typer.Option(help="overwrite an existing config file")] = False,
 ) -> None:
     """Write a complete config for TABLE, with defaults chosen from its inferred schema."""
-    from polyfuse.init_config import init_config
-    from polyfuse.training.atomic import atomic_write_text
+    from polyfuse.atomic import atomic_write_text
+    from polyfuse.init_config import init_config, relative_to_config
 
     if output.exists() and not force:
         raise DataError(f"{output} exists; pass --force to overwrite it")
     config = init_config(
         table, target, output, overrides=_parse_overrides(column or []), fusion=fusion, preset=preset
     )
-    atomic_write_text(output, config.to_yaml())
+    atomic_write_text(output, relative_to_config(config, output).to_yaml())
     inputs = ", ".join(f"{n} ({e.name})" for n, e in config.encoders.items())
     console.print(
         f"wrote {output}: inputs {inputs}; targets {', '.join(config.data.targets)}; fusion {config.fusion.name}"
@@ -277,7 +277,7 @@ def evaluate_command(
                 matrix.add_row(str(name), *map(str, row))
             console.print(matrix)
     if output is not None:
-        from polyfuse.training.atomic import atomic_write_text
+        from polyfuse.atomic import atomic_write_text
 
         atomic_write_text(output, json.dumps(metrics, indent=2))
         console.print(f"wrote {output}")

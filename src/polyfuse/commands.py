@@ -7,11 +7,11 @@ from typing import Any
 
 import pandas as pd
 
+from polyfuse.atomic import atomic_write_text
 from polyfuse.data.errors import DataError, Problem
 from polyfuse.data.splits import _ALIASES
 from polyfuse.data.table import Table, read_table
 from polyfuse.predict import Predictor
-from polyfuse.training.atomic import atomic_write_text
 
 
 def _rows(predictor: Predictor, table_path: Path, split: str | None) -> Table:

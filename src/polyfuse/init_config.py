@@ -57,12 +57,8 @@ def init_config(
     else:
         split = SplitConfig(strategy="stratified")
     preprocessing = preprocessing_preset(preset) if preset else suggest_preprocessing(table, schema)
-    try:
-        relative = Path(os.path.relpath(table_path.resolve(), output.resolve().parent))
-    except ValueError:  # another drive on Windows
-        relative = table_path.resolve()
     data = DataConfig(
-        table=relative,
+        table=table_path.resolve(),
         columns={c.name: c.kind.value for c in schema.columns if c.name not in targets},
         targets={t: None for t in targets},
         split=split,
@@ -74,6 +70,16 @@ def init_config(
     }
     config = RunConfig(data=data, encoders=encoders, fusion=FusionConfig(name=fusion))
     return config
+
+
+def relative_to_config(config: RunConfig, config_path: Path) -> RunConfig:
+    """The same config with data.table relative to the config file's folder (how `init` writes it), so a
+    project folder can move as a whole."""
+    try:
+        relative = Path(os.path.relpath(config.data.table.resolve(), config_path.resolve().parent))
+    except ValueError:  # another drive on Windows
+        return config
+    return config.model_copy(update={"data": config.data.model_copy(update={"table": relative})})
 
 
 def suggest_preprocessing(table: Table, schema: TableSchema) -> PreprocessingConfig:

@@ -9,7 +9,7 @@ from typing import Any
 import torch
 from lightning.pytorch.plugins.io import TorchCheckpointIO
 
-from polyfuse.training.atomic import atomic_write
+from polyfuse.atomic import atomic_write
 
 
 class AtomicCheckpointIO(TorchCheckpointIO):

@@ -56,5 +56,8 @@ def make_loader(
         collate_fn=make_collate(preprocessor),
         num_workers=num_workers,
         persistent_workers=False,  # workers must see the epoch set on the dataset before each epoch
+        # Its own generator: creating an iterator draws a worker seed, which must not consume the global
+        # RNG that dropout uses (else where Lightning creates the iterator would change the training).
+        generator=torch.Generator().manual_seed(seed),
         drop_last=False,
     )

@@ -72,6 +72,16 @@ class PolyfuseModule(L.LightningModule):
         # Dropout and modality dropout draw from the global RNG: seed it from (seed, epoch, rank) so an
         # epoch replays identically after a resume, without saving RNG streams.
         torch.manual_seed(self.training_config.seed * 100_003 + self.current_epoch * 101 + self.global_rank)
+        # Lightning sets the sampler epoch from its progress counter, which after a resume from an
+        # end-of-epoch checkpoint can lag by one; shuffling and augmentation must follow current_epoch.
+        loader = self.trainer.train_dataloader
+        for sampler in (
+            getattr(loader, "sampler", None),
+            getattr(getattr(loader, "batch_sampler", None), "sampler", None),
+        ):
+            set_epoch = getattr(sampler, "set_epoch", None)
+            if callable(set_epoch):
+                set_epoch(self.current_epoch)
 
     def training_step(self, batch: Batch, batch_idx: int) -> Tensor:
         _, losses = self._losses(batch)

@@ -23,13 +23,13 @@ from typing import Any
 import torch
 
 from polyfuse.artifact import save_model
+from polyfuse.atomic import atomic_write_text
 from polyfuse.config import RunConfig
 from polyfuse.data.prepare import PreparedData, prepare_data
 from polyfuse.data.preprocess import Preprocessor
 from polyfuse.evaluation.evaluate import collect_outputs, score
 from polyfuse.models.model import MultimodalModel, build_model, count_parameters
 from polyfuse.objectives.supervised import balanced_class_weights
-from polyfuse.training.atomic import atomic_write_text
 from polyfuse.training.data import make_loader
 
 CHECKPOINTS = "checkpoints"
@@ -134,10 +134,8 @@ def train(
         accumulate_grad_batches=training.accumulate_grad_batches,
         deterministic=training.deterministic,
         callbacks=callbacks,
-        logger=[
-            CSVLogger(run_dir, name="logs", version=""),
-            TensorBoardLogger(run_dir, name="logs", version=""),
-        ],
+        # CSV: one version folder per process (a resume starts version_1); TensorBoard appends.
+        logger=[CSVLogger(run_dir / "logs", name="csv"), TensorBoardLogger(run_dir, name="logs", version="")],
         plugins=[AtomicCheckpointIO()],
         enable_progress_bar=show_progress,
         enable_model_summary=False,

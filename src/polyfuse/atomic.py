@@ -13,6 +13,17 @@ from pathlib import Path
 from typing import IO, Any
 
 
+def _umask() -> int:
+    mask = os.umask(0)
+    os.umask(mask)
+    return mask
+
+
+def plain_mode(path: Path, directory: bool = False) -> None:
+    """mkstemp / mkdtemp make private (0600 / 0700) entries; give them the mode a plain open() would."""
+    os.chmod(path, (0o777 if directory else 0o666) & ~_umask())
+
+
 def fsync_dir(directory: Path) -> None:
     fd = os.open(directory, os.O_RDONLY)
     try:
@@ -30,6 +41,7 @@ def atomic_write(path: Path, write: Callable[[IO[bytes]], Any]) -> None:
             write(f)
             f.flush()
             os.fsync(f.fileno())
+        plain_mode(Path(tmp))
         os.replace(tmp, path)
     except BaseException:
         Path(tmp).unlink(missing_ok=True)
@@ -47,6 +59,7 @@ def atomic_replace_dir(staging: Path, target: Path) -> None:
     The old folder is renamed aside first and removed only after the new one is in place, so at every
     moment one complete folder exists at `target` or its aside name.
     """
+    plain_mode(staging, directory=True)
     aside = target.with_name(f".{target.name}.old")
     if aside.exists():
         shutil.rmtree(aside)
