@@ -75,6 +75,9 @@ class TrainingConfig(BaseModel):
     devices: int | str = Field(1, description="number of devices (or 'auto'); >1 runs DDP")
     num_nodes: int = Field(1, ge=1)
     num_workers: int = Field(0, ge=0, description="DataLoader worker processes")
+    cache_frozen_outputs: bool = Field(
+        True, description="run each frozen encoder once per distinct input row, not once per epoch"
+    )
     seed: int = 0
     deterministic: bool = Field(
         True, description="deterministic kernels: identical reruns and resumes on CPU"

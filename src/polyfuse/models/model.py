@@ -16,6 +16,7 @@ from polyfuse.data.modalities.tabular import CategoryVocab
 from polyfuse.data.preprocess import Preprocessor, TargetSpec
 from polyfuse.data.schema import Modality
 from polyfuse.models.encoders import DEFAULT_ENCODERS, create_encoder
+from polyfuse.models.frozen_cache import FrozenOutputCache
 from polyfuse.models.fusion import create_fusion
 from polyfuse.models.heads import TaskHead
 from polyfuse.models.outputs import EncoderOutput
@@ -48,6 +49,7 @@ class MultimodalModel(nn.Module):
             raise ValueError(f"input names collide once made module-safe: {keys}")
         self.input_keys = keys  # input (column) name → module key
         self.encoders = nn.ModuleDict({keys[n]: encoders[n] for n in sorted(encoders)})
+        self.frozen_caches: dict[str, FrozenOutputCache] = {}  # see cache_frozen_encoders
         self.fusion = fusion
         self.target_keys = {name: module_key(name) for name in sorted(heads)}
         self.heads = nn.ModuleDict({self.target_keys[n]: heads[n] for n in sorted(heads)})
@@ -58,13 +60,27 @@ class MultimodalModel(nn.Module):
             }
         )
 
+    def cache_frozen_encoders(self, max_rows: int = 100_000) -> list[str]:
+        """Reuse frozen encoders' outputs per distinct input row from now on; returns the inputs cached.
+
+        Not part of the state: a loaded model starts without caches.
+        """
+        self.frozen_caches = {
+            key: FrozenOutputCache(max_rows)
+            for key, encoder in self.encoders.items()
+            if not any(p.requires_grad for p in encoder.parameters())
+        }
+        return [name for name, key in self.input_keys.items() if key in self.frozen_caches]
+
     def encode(self, batch: Batch) -> tuple[dict[str, EncoderOutput], dict[str, Tensor]]:
         """Per-input encoder outputs and presence masks, keyed by module key."""
         features = {}
         present = {}
+        caches = self.frozen_caches
         for name, key in self.input_keys.items():
             inputs = batch.inputs[name]
-            features[key] = self.encoders[key](inputs)
+            cache = caches.get(key)
+            features[key] = cache(self.encoders[key], inputs) if cache else self.encoders[key](inputs)
             present[key] = inputs.present
         return features, present
 

@@ -90,6 +90,10 @@ def train(
     val_loader = make_loader(val_table, preprocessor, train=False, **loader_args) if len(val_table) else None  # type: ignore[arg-type]
 
     model = build_model(config, preprocessor)
+    if training.cache_frozen_outputs:
+        cached = model.cache_frozen_encoders()
+        if cached:
+            log(f"frozen encoders run once per distinct row (outputs cached): {', '.join(cached)}")
     specs = preprocessor.state.targets
     class_weights = (
         _class_weights(config, prepared, preprocessor)
