@@ -45,7 +45,9 @@ def run_child(command: list[str], log: Path) -> tuple[float, int, int]:
     return time.perf_counter() - start, int(usage.ru_maxrss / 1024), process.returncode
 
 
-def one_run(variant: str, table: Path, work: Path, args: argparse.Namespace, inputs: str, fusion: str, seed: int) -> dict[str, Any]:
+def one_run(
+    variant: str, table: Path, work: Path, args: argparse.Namespace, inputs: str, fusion: str, seed: int
+) -> dict[str, Any]:
     name = f"{inputs}-{fusion}-seed{seed}"
     config_path = work / f"{name}.yaml"
     config = init_config(table, ["label"], config_path, fusion=fusion)
@@ -69,9 +71,13 @@ def one_run(variant: str, table: Path, work: Path, args: argparse.Namespace, inp
     config_path.write_text(config.to_yaml())
     run_dir = work / name
     cli = [sys.executable, "-m", "polyfuse.cli"]
-    seconds, rss_mb, code = run_child([*cli, "train", str(config_path), "-o", str(run_dir)], work / f"{name}.log")
+    seconds, rss_mb, code = run_child(
+        [*cli, "train", str(config_path), "-o", str(run_dir)], work / f"{name}.log"
+    )
     if code != 0:
-        raise RuntimeError(f"{name} failed; see {work / f'{name}.log'}:\n" + (work / f"{name}.log").read_text()[-3000:])
+        raise RuntimeError(
+            f"{name} failed; see {work / f'{name}.log'}:\n" + (work / f"{name}.log").read_text()[-3000:]
+        )
     metrics = json.loads((run_dir / "metrics.json").read_text())
     result: dict[str, Any] = {
         "variant": variant,
@@ -89,8 +95,18 @@ def one_run(variant: str, table: Path, work: Path, args: argparse.Namespace, inp
         result.update(missing_modality_accuracy(run_dir / "model", table))
         start = time.perf_counter()
         subprocess.run(
-            [*cli, "predict", str(run_dir / "model"), str(table), "--split", "test", "-o", str(work / f"{name}.csv")],
-            check=True, capture_output=True,
+            [
+                *cli,
+                "predict",
+                str(run_dir / "model"),
+                str(table),
+                "--split",
+                "test",
+                "-o",
+                str(work / f"{name}.csv"),
+            ],
+            check=True,
+            capture_output=True,
         )
         result["predict_300_rows_seconds"] = round(time.perf_counter() - start, 2)
     return result
@@ -139,14 +155,20 @@ def markdown_table(frame: pd.DataFrame) -> str:
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
     parser.add_argument("--variant", choices=["clean", "noisy"], default="noisy")
     parser.add_argument("--data", type=Path, default=None, help="folder with mnist/ and fsdd/")
     parser.add_argument("--fusions", nargs="+", default=list_fusions())
     parser.add_argument("--seeds", nargs="+", type=int, default=[0, 1, 2])
     parser.add_argument("--epochs", type=int, default=20)
-    parser.add_argument("--single", action=argparse.BooleanOptionalAction, default=True, help="image-only and audio-only runs")
-    parser.add_argument("--parallel", type=int, default=1, help="runs at once (use 1 for timings on small machines)")
+    parser.add_argument(
+        "--single", action=argparse.BooleanOptionalAction, default=True, help="image-only and audio-only runs"
+    )
+    parser.add_argument(
+        "--parallel", type=int, default=1, help="runs at once (use 1 for timings on small machines)"
+    )
     parser.add_argument("--num-workers", type=int, default=0)
     parser.add_argument("--accelerator", default="auto")
     parser.add_argument("--deterministic", action=argparse.BooleanOptionalAction, default=True)
@@ -155,7 +177,9 @@ def main() -> None:
 
     work = args.work or Path(tempfile.mkdtemp(prefix="polyfuse-bench-"))
     work.mkdir(parents=True, exist_ok=True)
-    table = build_av_digits(work / f"av-digits-{args.variant}", args.data or default_data_dir(), variant=args.variant)
+    table = build_av_digits(
+        work / f"av-digits-{args.variant}", args.data or default_data_dir(), variant=args.variant
+    )
     plan = [("fused", f, s) for f in args.fusions for s in args.seeds]
     if args.single:
         plan += [(m, "gated", s) for m in ("image", "audio") for s in args.seeds]
@@ -168,9 +192,16 @@ def main() -> None:
         results.append(result)
         print(json.dumps(result), flush=True)
         summary = summarise(results)
-        meta = {"variant": args.variant, "epochs": args.epochs, "parallel_runs": args.parallel, "machine": machine}
+        meta = {
+            "variant": args.variant,
+            "epochs": args.epochs,
+            "parallel_runs": args.parallel,
+            "machine": machine,
+        }
         RESULTS.mkdir(parents=True, exist_ok=True)
-        atomic_write_text(RESULTS / f"fusion_{args.variant}.json", json.dumps({**meta, "runs": results}, indent=2))
+        atomic_write_text(
+            RESULTS / f"fusion_{args.variant}.json", json.dumps({**meta, "runs": results}, indent=2)
+        )
         header = f"AV-Digits ({args.variant}), {args.epochs} epochs max, {machine}, {args.parallel} run(s) at a time\n\n"
         atomic_write_text(RESULTS / f"fusion_{args.variant}.md", header + markdown_table(summary) + "\n")
 

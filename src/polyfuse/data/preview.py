@@ -7,7 +7,7 @@ from pathlib import Path
 from polyfuse.data.batch import Batch
 from polyfuse.data.dataset import MultimodalDataset, make_collate
 from polyfuse.data.errors import DataError
-from polyfuse.data.prepare import DataConfig, prepare_data
+from polyfuse.data.prepare import DataConfig, prepare_data, resolve_schema
 from polyfuse.data.schema import Role
 from polyfuse.data.splits import SplitConfig
 from polyfuse.data.table import read_table
@@ -25,10 +25,14 @@ def preview_batch(
     augment: bool = False,
     show_progress: bool = False,
 ) -> list[str]:
-    config = DataConfig(table=table, columns=overrides or {}, preprocessing=preprocessing_preset(preset))
-    from polyfuse.data.prepare import resolve_schema
+    from polyfuse.init_config import suggest_preprocessing
 
-    schema = resolve_schema(read_table(table), config)
+    config = DataConfig(table=table, columns=overrides or {})
+    rows = read_table(table)
+    schema = resolve_schema(rows, config)
+    # The preset, or what `polyfuse init` would choose for this table.
+    preprocessing = preprocessing_preset(preset) if preset else suggest_preprocessing(rows, schema)
+    config = config.model_copy(update={"preprocessing": preprocessing})
     chosen = targets if targets else schema.columns_of(Role.LABEL)
     splits = schema.columns_of(Role.SPLIT)
     update: dict[str, object] = {"targets": {t: None for t in chosen}}

@@ -1,0 +1,155 @@
+"""Training throughput: polyfuse (Lightning loop, our module, checkpoints, logging) against a plain
+hand-written PyTorch loop training the same network on the same cached tensors, in the same run.
+
+    .venv/bin/python bench/train_overhead.py
+
+Three ways to train the AV-Digits default network (augmentation off, so every input comes from cache):
+  plain      a for-loop over batches already in memory: forward, loss, backward, clip, AdamW, scheduler
+  polyfuse   polyfuse's LightningModule + Trainer over the same in-memory batches, with its per-epoch
+             atomic checkpoint and CSV logging
+  pipeline   the same as polyfuse, but batches come through polyfuse's DataLoader from the feature cache
+             (what `polyfuse train` does each epoch)
+The plain loop runs first and last; its mean is the baseline. Writes bench/results/train_overhead.json.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import platform
+import tempfile
+import time
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from polyfuse.data.batch import Batch
+from polyfuse.data.datasets import build_av_digits, default_data_dir
+from polyfuse.data.prepare import prepare_data
+from polyfuse.init_config import init_config
+from polyfuse.models.model import build_model
+from polyfuse.objectives.supervised import supervised_losses
+from polyfuse.training.data import make_loader
+from polyfuse.training.module import PolyfuseModule, warmup_cosine
+
+RESULTS = Path(__file__).parent / "results" / "train_overhead.json"
+
+
+def plain_loop(config: Any, preprocessor: Any, batches: list[Batch], epochs: int) -> float:
+    """Samples per second of a hand-written loop."""
+    model = build_model(config, preprocessor)
+    model.train()
+    training = config.training
+    optimizer = torch.optim.AdamW(
+        model.parameters(), lr=training.learning_rate, weight_decay=training.weight_decay
+    )
+    total = epochs * len(batches)
+    warmup = int(training.warmup_fraction * total)
+    scheduler = torch.optim.lr_scheduler.LambdaLR(
+        optimizer, lambda step: warmup_cosine(step, total, warmup, training.min_lr_ratio)
+    )
+    specs = preprocessor.state.targets
+    start = time.perf_counter()
+    for _ in range(epochs):
+        for batch in batches:
+            loss = supervised_losses(model(batch), batch.targets, specs)["loss"]
+            optimizer.zero_grad(set_to_none=True)
+            loss.backward()
+            torch.nn.utils.clip_grad_norm_(model.parameters(), training.gradient_clip)
+            optimizer.step()
+            scheduler.step()
+    return epochs * sum(len(b) for b in batches) / (time.perf_counter() - start)
+
+
+def lightning_loop(config: Any, preprocessor: Any, loader: Any, epochs: int, work: Path) -> float:
+    import lightning as L
+    from lightning.pytorch.callbacks import ModelCheckpoint
+    from lightning.pytorch.loggers import CSVLogger
+
+    from polyfuse.training.checkpoint_io import AtomicCheckpointIO
+
+    model = build_model(config, preprocessor)
+    module = PolyfuseModule(
+        model,
+        preprocessor.state.targets,
+        config.training,
+        total_steps=epochs * len(loader),
+        extra_state={"config": config.to_yaml(), "preprocessing": preprocessor.to_json()},
+    )
+    trainer = L.Trainer(
+        max_epochs=epochs,
+        accelerator="cpu",
+        devices=1,
+        gradient_clip_val=config.training.gradient_clip,
+        deterministic=config.training.deterministic,
+        logger=CSVLogger(work, name="logs"),
+        callbacks=[ModelCheckpoint(dirpath=work / "ckpt", save_last=True, save_top_k=0)],
+        plugins=[AtomicCheckpointIO()],
+        enable_progress_bar=False,
+        enable_model_summary=False,
+        num_sanity_val_steps=0,
+        limit_val_batches=0,
+        log_every_n_steps=config.training.log_every_n_steps,
+    )
+    rows = sum(len(b) for b in loader)  # also warms the feature cache for the pipeline variant
+    start = time.perf_counter()
+    trainer.fit(module, loader)
+    return epochs * rows / (time.perf_counter() - start)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
+    parser.add_argument("--data", type=Path, default=None)
+    parser.add_argument("--epochs", type=int, default=3)
+    args = parser.parse_args()
+    torch.set_num_threads(2)
+    with tempfile.TemporaryDirectory() as tmp:
+        work = Path(tmp)
+        table = build_av_digits(work / "av", args.data or default_data_dir())
+        config = init_config(table, ["label"], work / "config.yaml")
+        prep = config.data.preprocessing
+        prep = prep.model_copy(
+            update={
+                "image": prep.image.model_copy(
+                    update={"augment": prep.image.augment.model_copy(update={"enabled": False})}
+                ),
+                "audio": prep.audio.model_copy(
+                    update={"augment": prep.audio.augment.model_copy(update={"enabled": False})}
+                ),
+            }
+        )
+        data = config.data.model_copy(update={"preprocessing": prep, "cache_dir": work / "cache"})
+        config = config.model_copy(update={"data": data})
+        prepared = prepare_data(config.data, show_progress=False)
+        preprocessor = prepared.preprocessor
+        loader = make_loader(
+            prepared.split("train"), preprocessor, batch_size=config.training.batch_size, train=False
+        )
+        batches = list(loader)  # the same cached tensors, in memory
+
+        first = plain_loop(config, preprocessor, batches, args.epochs)
+        in_memory = lightning_loop(config, preprocessor, batches, args.epochs, work / "a")
+        pipeline = lightning_loop(config, preprocessor, loader, args.epochs, work / "b")
+        last = plain_loop(config, preprocessor, batches, args.epochs)
+    baseline = (first + last) / 2
+    result = {
+        "epochs": args.epochs,
+        "train_rows": sum(len(b) for b in batches),
+        "plain_loop_samples_per_s": round(baseline, 1),
+        "plain_loop_runs": [round(first, 1), round(last, 1)],
+        "polyfuse_in_memory_samples_per_s": round(in_memory, 1),
+        "polyfuse_pipeline_samples_per_s": round(pipeline, 1),
+        "polyfuse_in_memory_overhead_pct": round(100 * (baseline / in_memory - 1), 1),
+        "polyfuse_pipeline_overhead_pct": round(100 * (baseline / pipeline - 1), 1),
+        "machine": f"{platform.machine()}, {torch.get_num_threads()} torch threads",
+    }
+    RESULTS.parent.mkdir(parents=True, exist_ok=True)
+    RESULTS.write_text(json.dumps(result, indent=2) + "\n")
+    print(json.dumps(result, indent=2))
+
+
+if __name__ == "__main__":
+    main()
