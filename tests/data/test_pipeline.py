@@ -250,3 +250,18 @@ def test_cli_reports_problems_without_a_traceback(table_dir: Path, tmp_path: Pat
     )
     assert result.returncode == 2
     assert "table file not found" in result.stderr and "Traceback" not in result.stderr + result.stdout
+
+
+def test_worker_processes_give_the_same_batches(table_dir: Path, tmp_path: Path) -> None:
+    from torch.utils.data import DataLoader
+
+    prepared = prepare_data(_config(table_dir / "table.csv", tmp_path / "cache"), show_progress=False)
+    dataset = MultimodalDataset(prepared.split("train"), prepared.preprocessor, augment=True, seed=3)
+    collate = make_collate(prepared.preprocessor)
+    serial = list(DataLoader(dataset, batch_size=4, collate_fn=collate))
+    parallel = list(DataLoader(dataset, batch_size=4, collate_fn=collate, num_workers=2))
+    assert len(serial) == len(parallel)
+    for a, b in zip(serial, parallel, strict=True):
+        for name in a.inputs:
+            torch.testing.assert_close(a.inputs[name].values, b.inputs[name].values)
+            assert torch.equal(a.inputs[name].present, b.inputs[name].present)
