@@ -26,6 +26,15 @@ console = Console(soft_wrap=True)
 err_console = Console(stderr=True, soft_wrap=True)
 
 
+# Options several commands share.
+TableArg = Annotated[Path, typer.Argument(help="CSV, TSV, JSONL or Parquet table")]
+ColumnOption = Annotated[
+    list[str] | None,
+    typer.Option("--column", "-c", help="override a column's kind: COLUMN=KIND (repeatable)"),
+]
+TargetOption = Annotated[list[str] | None, typer.Option("--target", "-t", help="target column (repeatable)")]
+
+
 def _parse_overrides(items: list[str]) -> dict[str, str]:
     overrides = {}
     for item in items:
@@ -38,14 +47,9 @@ def _parse_overrides(items: list[str]) -> dict[str, str]:
 
 @data_app.command("inspect")
 def data_inspect(
-    table: Annotated[Path, typer.Argument(help="CSV, TSV, JSONL or Parquet table")],
-    column: Annotated[
-        list[str] | None,
-        typer.Option("--column", "-c", help="override a column's kind: COLUMN=KIND (repeatable)"),
-    ] = None,
-    target: Annotated[
-        list[str] | None, typer.Option("--target", "-t", help="target column (repeatable)")
-    ] = None,
+    table: TableArg,
+    column: ColumnOption = None,
+    target: TargetOption = None,
     cache_dir: Annotated[Path | None, typer.Option(help="feature cache folder")] = None,
     max_problems: Annotated[int, typer.Option(help="problems to list")] = 50,
 ) -> None:
@@ -87,14 +91,9 @@ def data_inspect(
 
 @data_app.command("preview")
 def data_preview(
-    table: Annotated[Path, typer.Argument(help="CSV, TSV, JSONL or Parquet table")],
-    column: Annotated[
-        list[str] | None,
-        typer.Option("--column", "-c", help="override a column's kind: COLUMN=KIND (repeatable)"),
-    ] = None,
-    target: Annotated[
-        list[str] | None, typer.Option("--target", "-t", help="target column (repeatable)")
-    ] = None,
+    table: TableArg,
+    column: ColumnOption = None,
+    target: TargetOption = None,
     preset: Annotated[str | None, typer.Option(help="preprocessing preset, e.g. av-digits")] = None,
     batch_size: Annotated[int, typer.Option(help="rows in the batch")] = 8,
     split: Annotated[str, typer.Option(help="split to draw the batch from")] = "train",
@@ -166,15 +165,12 @@ def build_synthetic_command(
 
 @app.command("init")
 def init_command(
-    table: Annotated[Path, typer.Argument(help="CSV, TSV, JSONL or Parquet table")],
+    table: TableArg,
     target: Annotated[list[str], typer.Option("--target", "-t", help="target column (repeatable)")],
     output: Annotated[Path, typer.Option("--output", "-o", help="config file to write")] = Path(
         "config.yaml"
     ),
-    column: Annotated[
-        list[str] | None,
-        typer.Option("--column", "-c", help="override a column's kind: COLUMN=KIND (repeatable)"),
-    ] = None,
+    column: ColumnOption = None,
     fusion: Annotated[
         str, typer.Option(help="fusion: concat, gated, tensor, lowrank, cross_attention, transformer")
     ] = "gated",

@@ -9,7 +9,7 @@ import pandas as pd
 
 from polyfuse.atomic import atomic_write_text
 from polyfuse.data.errors import DataError, Problem
-from polyfuse.data.splits import _ALIASES
+from polyfuse.data.splits import SPLIT_ALIASES
 from polyfuse.data.table import Table, read_table
 from polyfuse.predict import Predictor
 
@@ -23,8 +23,8 @@ def _rows(predictor: Predictor, table_path: Path, split: str | None) -> Table:
         raise DataError(
             [Problem(f"--split needs the split column '{column}' in the table", file=str(table_path))]
         )
-    wanted = _ALIASES.get(split.lower(), split.lower())
-    names = table.frame[column].astype(str).str.strip().str.lower().map(lambda v: _ALIASES.get(v, v))
+    wanted = SPLIT_ALIASES.get(split.lower(), split.lower())
+    names = table.frame[column].astype(str).str.strip().str.lower().map(lambda v: SPLIT_ALIASES.get(v, v))
     rows = list(names.index[names == wanted])
     if not rows:
         raise DataError([Problem(f"no rows with split '{split}'", column=column, file=str(table_path))])

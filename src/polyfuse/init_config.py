@@ -20,7 +20,7 @@ from polyfuse.data.schema import Modality, Role, TableSchema
 from polyfuse.data.splits import SplitConfig
 from polyfuse.data.table import Table, read_table
 from polyfuse.models.encoders import DEFAULT_ENCODERS, ENCODERS, list_encoders
-from polyfuse.models.fusion import _FUSIONS, list_fusions
+from polyfuse.models.fusion import FUSIONS, list_fusions
 from polyfuse.presets import preprocessing_preset
 
 SNIFF_FILES = 20  # media files opened to pick image size/mode and audio sample rate
@@ -159,14 +159,14 @@ def check_config(config: RunConfig, *, check_table: bool = True) -> list[Problem
             )
             continue
         problems += _check_options(f"encoders.{name}.options", ENCODERS[encoder.name], encoder.options)
-    if config.fusion.name not in _FUSIONS:
+    if config.fusion.name not in FUSIONS:
         problems.append(
             Problem(
                 f"field 'fusion.name': unknown fusion '{config.fusion.name}'; choose one of {list_fusions()}"
             )
         )
     else:
-        problems += _check_options("fusion.options", _FUSIONS[config.fusion.name], config.fusion.options)
+        problems += _check_options("fusion.options", FUSIONS[config.fusion.name], config.fusion.options)
     for target in config.heads:
         if target not in config.data.targets:
             problems.append(

@@ -12,7 +12,7 @@ from polyfuse.data.errors import DataError, Problem
 from polyfuse.data.media import is_missing
 
 SPLITS = ("train", "val", "test")
-_ALIASES = {
+SPLIT_ALIASES = {
     "train": "train",
     "training": "train",
     "val": "val",
@@ -87,10 +87,10 @@ def _read_split_column(frame: pd.DataFrame, column: str) -> pd.Series:
     names = []
     problems = []
     for row, value in enumerate(frame[column].tolist()):
-        name = None if is_missing(value) else _ALIASES.get(str(value).strip().lower())
+        name = None if is_missing(value) else SPLIT_ALIASES.get(str(value).strip().lower())
         if name is None:
             problems.append(
-                Problem(f"split '{value}' is not one of {sorted(_ALIASES)}", row=row, column=column)
+                Problem(f"split '{value}' is not one of {sorted(SPLIT_ALIASES)}", row=row, column=column)
             )
         names.append(name or "train")
     if problems:

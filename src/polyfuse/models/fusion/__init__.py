@@ -48,7 +48,7 @@ class Fusion(Protocol):
 
 
 # name -> constructor(input_dims, output_dim, **options); one line per fusion
-_FUSIONS: dict[str, Callable[..., Fusion]] = {
+FUSIONS: dict[str, Callable[..., Fusion]] = {
     "concat": ConcatFusion,
     "cross_attention": CrossAttentionFusion,
     "gated": GatedFusion,
@@ -60,14 +60,14 @@ _FUSIONS: dict[str, Callable[..., Fusion]] = {
 
 def list_fusions(pattern: str = "*") -> list[str]:
     """Registered fusion names matching a shell-style pattern, sorted."""
-    return sorted(name for name in _FUSIONS if fnmatch(name, pattern))
+    return sorted(name for name in FUSIONS if fnmatch(name, pattern))
 
 
 def create_fusion(name: str, input_dims: dict[str, int], output_dim: int, **kwargs: Any) -> Fusion:
     """Build the fusion `name` over inputs {input name: feature dim}, giving (B, output_dim)."""
-    if name not in _FUSIONS:
+    if name not in FUSIONS:
         raise ValueError(f"unknown fusion {name!r}; choices: {', '.join(list_fusions())}")
-    constructor = _FUSIONS[name]
+    constructor = FUSIONS[name]
     try:
         inspect.signature(constructor).bind(input_dims, output_dim, **kwargs)
     except TypeError as e:
