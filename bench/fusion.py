@@ -140,6 +140,9 @@ def summarise(results: list[dict[str, Any]]) -> pd.DataFrame:
             "train s (mean)": round(group["train_seconds"].mean(), 1),
             "whole run s (mean)": round(group["whole_run_seconds"].mean(), 1),
             "peak RSS MB (max)": int(group["peak_rss_mb"].max()),
+            "machine": ", ".join(
+                sorted({str(m).split(", ")[-1] for m in group.get("machine", pd.Series(["?"]))})
+            ),
         }
         for column in ("accuracy_without_audio", "accuracy_without_image", "predict_300_rows_seconds"):
             if column in group and group[column].notna().any():
@@ -160,7 +163,9 @@ def main() -> None:
     )
     parser.add_argument("--variant", choices=["clean", "noisy"], default="noisy")
     parser.add_argument("--data", type=Path, default=None, help="folder with mnist/ and fsdd/")
-    parser.add_argument("--fusions", nargs="+", default=list_fusions())
+    parser.add_argument(
+        "--fusions", nargs="*", default=list_fusions(), help="none: single-modality runs only"
+    )
     parser.add_argument("--seeds", nargs="+", type=int, default=[0, 1, 2])
     parser.add_argument("--epochs", type=int, default=20)
     parser.add_argument(
@@ -173,6 +178,11 @@ def main() -> None:
     parser.add_argument("--accelerator", default="auto")
     parser.add_argument("--deterministic", action=argparse.BooleanOptionalAction, default=True)
     parser.add_argument("--work", type=Path, default=None, help="keep runs here (default: a temp folder)")
+    parser.add_argument(
+        "--append",
+        action="store_true",
+        help="add to the existing results file (e.g. runs from another machine)",
+    )
     args = parser.parse_args()
 
     work = args.work or Path(tempfile.mkdtemp(prefix="polyfuse-bench-"))
@@ -184,25 +194,26 @@ def main() -> None:
     if args.single:
         plan += [(m, "gated", s) for m in ("image", "audio") for s in args.seeds]
     results: list[dict[str, Any]] = []
+    previous = RESULTS / f"fusion_{args.variant}.json"
+    if args.append and previous.exists():
+        results = json.loads(previous.read_text())["runs"]
     machine = f"{platform.machine()}, {os.cpu_count()} CPUs, " + (
         torch.cuda.get_device_name(0) if torch.cuda.is_available() else "no GPU"
     )
 
     def record(result: dict[str, Any]) -> None:
-        results.append(result)
+        results.append({**result, "machine": machine, "parallel_runs": args.parallel})
         print(json.dumps(result), flush=True)
         summary = summarise(results)
-        meta = {
-            "variant": args.variant,
-            "epochs": args.epochs,
-            "parallel_runs": args.parallel,
-            "machine": machine,
-        }
+        meta = {"variant": args.variant, "epochs": args.epochs}
         RESULTS.mkdir(parents=True, exist_ok=True)
         atomic_write_text(
             RESULTS / f"fusion_{args.variant}.json", json.dumps({**meta, "runs": results}, indent=2)
         )
-        header = f"AV-Digits ({args.variant}), {args.epochs} epochs max, {machine}, {args.parallel} run(s) at a time\n\n"
+        machines = sorted(
+            {f"{r.get('machine', '?')} ({r.get('parallel_runs', '?')} run(s) at a time)" for r in results}
+        )
+        header = f"AV-Digits ({args.variant}), {args.epochs} epochs max. Machines: {'; '.join(machines)}\n\n"
         atomic_write_text(RESULTS / f"fusion_{args.variant}.md", header + markdown_table(summary) + "\n")
 
     with ThreadPoolExecutor(max_workers=args.parallel) as pool:
