@@ -263,7 +263,7 @@ def evaluate_command(
 
     from polyfuse.commands import evaluate_table
 
-    metrics = evaluate_table(model_dir, table, split=split)
+    metrics = evaluate_table(model_dir, table, split=split, show_progress=sys.stderr.isatty())
     for target, values in metrics.items():
         shown = ", ".join(f"{k} {v:.4f}" for k, v in values.items() if isinstance(v, float))
         console.print(f"{target} ({values.get('rows', 0)} rows): {shown}")
@@ -291,7 +291,7 @@ def predict_command(
     """Predict labels (and class probabilities) for every row of TABLE."""
     from polyfuse.commands import predict_table
 
-    frame = predict_table(model_dir, table, output, split=split)
+    frame = predict_table(model_dir, table, output, split=split, show_progress=sys.stderr.isatty())
     console.print(f"wrote {len(frame)} predictions to {output}")
 
 

@@ -31,20 +31,20 @@ def _rows(predictor: Predictor, table_path: Path, split: str | None) -> Table:
     return table.subset(rows)
 
 
-def evaluate_table(model_dir: Path, table_path: Path, split: str | None = None) -> dict[str, Any]:
-    predictor = Predictor(model_dir)
+def evaluate_table(
+    model_dir: Path, table_path: Path, split: str | None = None, show_progress: bool = False
+) -> dict[str, Any]:
+    predictor = Predictor(model_dir, show_progress=show_progress)
     return predictor.evaluate(_rows(predictor, table_path, split))
 
 
-def predict_table(model_dir: Path, table_path: Path, output: Path, split: str | None = None) -> pd.DataFrame:
+def predict_table(
+    model_dir: Path, table_path: Path, output: Path, split: str | None = None, show_progress: bool = False
+) -> pd.DataFrame:
     """Predictions per row (+ `<target>_proba_<class>` columns), keyed by the table's id column if any."""
-    predictor = Predictor(model_dir)
+    predictor = Predictor(model_dir, show_progress=show_progress)
     table = _rows(predictor, table_path, split)
-    frame = predictor.predict(table)
-    for target, spec in predictor.specs.items():
-        if spec.task != "regression":
-            probs = predictor.predict_proba(table, target)
-            frame = pd.concat([frame, probs.add_prefix(f"{target}_proba_")], axis=1)
+    frame = predictor.predict_table(table)
     ids = [
         c for c, kind in predictor.config.data.columns.items() if kind == "id" and c in table.frame.columns
     ]

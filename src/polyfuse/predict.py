@@ -16,6 +16,7 @@ from polyfuse.data.dataset import MultimodalDataset, make_collate
 from polyfuse.data.errors import DataError
 from polyfuse.data.table import Table, read_table
 from polyfuse.evaluation.evaluate import collect_outputs, score
+from polyfuse.progress import progress_bar
 
 Rows = pd.DataFrame | Sequence[dict[str, Any]]
 
@@ -25,11 +26,12 @@ class Predictor:
     names; images and audio as paths (relative to `base_dir`), bytes or base64; any input may be missing
     (None, NaN or an absent key)."""
 
-    def __init__(self, directory: Path | str, batch_size: int = 64) -> None:
+    def __init__(self, directory: Path | str, batch_size: int = 64, show_progress: bool = False) -> None:
         self.directory = Path(directory)
         self.model, self.config, self.preprocessor, self.info = load_model(self.directory)
         self.specs = self.preprocessor.state.targets
         self.batch_size = batch_size
+        self.show_progress = show_progress  # a rich progress bar over the batches (the CLI turns it on)
         self._collate = make_collate(self.preprocessor)
 
     @property
@@ -45,10 +47,11 @@ class Predictor:
 
     def _batches(self, table: Table, with_targets: bool) -> Iterator[Batch]:
         dataset = MultimodalDataset(table, self.preprocessor, with_targets=with_targets)
-        for start in range(0, len(dataset), self.batch_size):
-            yield self._collate(
-                [dataset[i] for i in range(start, min(start + self.batch_size, len(dataset)))]
-            )
+        with progress_bar("predicting", total=len(dataset), enabled=self.show_progress) as advance:
+            for start in range(0, len(dataset), self.batch_size):
+                stop = min(start + self.batch_size, len(dataset))
+                yield self._collate([dataset[i] for i in range(start, stop)])
+                advance(stop - start)
 
     def _outputs(
         self, rows: Rows | Table, base_dir: Path | None
@@ -61,10 +64,7 @@ class Predictor:
         )
         return outputs, fused, embeddings
 
-    def predict(self, rows: Rows | Table, base_dir: Path | None = None) -> pd.DataFrame:
-        """One column per target: the predicted class name, the '|'-joined labels over 0.5 (multi-label),
-        or the value (regression)."""
-        outputs, _, _ = self._outputs(rows, base_dir)
+    def _labels(self, outputs: dict[str, torch.Tensor]) -> pd.DataFrame:
         columns: dict[str, list[Any]] = {}
         for target, spec in self.specs.items():
             out = outputs[target]
@@ -80,6 +80,17 @@ class Predictor:
                 columns[target] = [spec.classes[i] for i in out.argmax(-1).tolist()]
         return pd.DataFrame(columns)
 
+    def _probabilities(self, outputs: dict[str, torch.Tensor], target: str) -> pd.DataFrame:
+        spec = self.specs[target]
+        logits = outputs[target]
+        probs = torch.sigmoid(logits) if spec.task == "multilabel" else torch.softmax(logits, -1)
+        return pd.DataFrame(probs.numpy(), columns=spec.classes)
+
+    def predict(self, rows: Rows | Table, base_dir: Path | None = None) -> pd.DataFrame:
+        """One column per target: the predicted class name, the '|'-joined labels over 0.5 (multi-label),
+        or the value (regression)."""
+        return self._labels(self._outputs(rows, base_dir)[0])
+
     def predict_proba(
         self, rows: Rows | Table, target: str | None = None, base_dir: Path | None = None
     ) -> pd.DataFrame:
@@ -88,11 +99,16 @@ class Predictor:
         target = target or next((t for t, s in self.specs.items() if s.task != "regression"), None)
         if target is None or target not in self.specs or self.specs[target].task == "regression":
             raise ValueError(f"predict_proba needs a classification target; targets: {self.targets}")
-        outputs, _, _ = self._outputs(rows, base_dir)
-        spec = self.specs[target]
-        logits = outputs[target]
-        probs = torch.sigmoid(logits) if spec.task == "multilabel" else torch.softmax(logits, -1)
-        return pd.DataFrame(probs.numpy(), columns=spec.classes)
+        return self._probabilities(self._outputs(rows, base_dir)[0], target)
+
+    def predict_table(self, rows: Rows | Table, base_dir: Path | None = None) -> pd.DataFrame:
+        """Labels / values per target plus `<target>_proba_<class>` columns, from one pass of the model."""
+        outputs = self._outputs(rows, base_dir)[0]
+        parts = [self._labels(outputs)]
+        for target, spec in self.specs.items():
+            if spec.task != "regression":
+                parts.append(self._probabilities(outputs, target).add_prefix(f"{target}_proba_"))
+        return pd.concat(parts, axis=1)
 
     def embed(
         self, rows: Rows | Table, modality: str | None = None, base_dir: Path | None = None

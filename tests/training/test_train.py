@@ -200,3 +200,28 @@ def test_init_config_follows_the_data(synthetic_table: Path, tmp_path: Path) -> 
         check=False,
     )
     assert again.returncode == 2 and "--force" in again.stderr
+
+
+def test_predict_and_evaluate_commands(trained: Path, synthetic_table: Path, tmp_path: Path) -> None:
+    from polyfuse.commands import evaluate_table, predict_table
+
+    out = tmp_path / "predictions.csv"
+    frame = predict_table(trained, synthetic_table, out, split="test")
+    written = pd.read_csv(out)
+    assert list(written.columns) == [
+        "id",
+        "label",
+        "label_proba_class_0",
+        "label_proba_class_1",
+        "label_proba_class_2",
+    ]
+    assert len(written) == 48 and frame["id"].tolist() == written["id"].tolist()
+    np.testing.assert_allclose(written.filter(like="_proba_").sum(axis=1), 1.0, rtol=1e-5)
+    best = written.filter(like="_proba_").to_numpy().argmax(1)
+    assert [f"class_{i}" for i in best] == written["label"].tolist()
+    metrics = evaluate_table(trained, synthetic_table, split="test")
+    saved = json.loads((trained / "metrics.json").read_text())["test"]["label"]
+    assert metrics["label"]["accuracy"] == pytest.approx(saved["accuracy"])
+    assert metrics["label"]["confusion_matrix"] == saved["confusion_matrix"]
+    with pytest.raises(DataError, match="no rows with split 'holdout'"):
+        predict_table(trained, synthetic_table, out, split="holdout")
