@@ -153,7 +153,8 @@ def summarise(results: list[dict[str, Any]]) -> pd.DataFrame:
 
 def markdown_table(frame: pd.DataFrame) -> str:
     lines = ["| " + " | ".join(map(str, frame.columns)) + " |", "|" + "---|" * len(frame.columns)]
-    lines += ["| " + " | ".join(map(str, row)) + " |" for row in frame.itertuples(index=False)]
+    cell = lambda v: "–" if v is None or (isinstance(v, float) and v != v) else str(v)  # noqa: E731
+    lines += ["| " + " | ".join(map(cell, row)) + " |" for row in frame.itertuples(index=False)]
     return "\n".join(lines)
 
 

@@ -123,6 +123,11 @@ def test_kill_9_then_resume_ends_like_an_uninterrupted_run(
     small_config(synthetic_table, config_path, epochs=6)
     straight = _train_cli(config_path, tmp_path / "straight")
     assert straight.wait(timeout=600) == 0, straight.stderr.read() if straight.stderr else ""
+    # last.ckpt is rewritten every epoch, improved or not (the final epoch's index is 5).
+    import torch
+
+    last_epoch = torch.load(tmp_path / "straight" / "checkpoints" / "last.ckpt", weights_only=True)["epoch"]
+    assert last_epoch == 5
 
     interrupted = _train_cli(config_path, tmp_path / "interrupted")
     last = tmp_path / "interrupted" / "checkpoints" / "last.ckpt"

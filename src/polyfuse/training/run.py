@@ -113,15 +113,25 @@ def train(
     monitor = training.monitor if val_loader is not None else "train_loss_epoch"
     mode = "max" if "accuracy" in monitor or "f1" in monitor else "min"
     callbacks: list[Any] = [
+        # The best epoch by `monitor`, kept for the final model.
         ModelCheckpoint(
             dirpath=run_dir / CHECKPOINTS,
             filename="best",
             monitor=monitor,
             mode=mode,
             save_top_k=1,
-            save_last=True,
             enable_version_counter=False,
-        )
+        ),
+        # Every epoch, whether or not it improved: what `--resume` continues from. (Lightning's
+        # save_last only writes when a monitored checkpoint is written, i.e. on improvement.)
+        ModelCheckpoint(
+            dirpath=run_dir / CHECKPOINTS,
+            filename="last",
+            monitor=None,
+            save_top_k=1,
+            every_n_epochs=1,
+            enable_version_counter=False,
+        ),
     ]
     if training.early_stopping_patience is not None:
         callbacks.append(EarlyStopping(monitor=monitor, mode=mode, patience=training.early_stopping_patience))
