@@ -265,3 +265,17 @@ def test_worker_processes_give_the_same_batches(table_dir: Path, tmp_path: Path)
         for name in a.inputs:
             torch.testing.assert_close(a.inputs[name].values, b.inputs[name].values)
             assert torch.equal(a.inputs[name].present, b.inputs[name].present)
+
+
+def test_default_split_follows_the_tables_split_column(table_dir: Path, tmp_path: Path) -> None:
+    config = DataConfig(
+        table=table_dir / "table.csv",
+        targets={"label": None},
+        columns={"note": "text"},
+        preprocessing=PREP,
+        cache_dir=tmp_path / "cache",
+    )
+    prepared = prepare_data(config, show_progress=False)
+    frame = pd.read_csv(table_dir / "table.csv")
+    assert (prepared.splits[frame["split"] == "test"] == "test").all()
+    assert set(prepared.splits[frame["split"] == "train"]) <= {"train", "val"}

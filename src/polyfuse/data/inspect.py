@@ -10,7 +10,6 @@ from polyfuse.data.errors import DataError, Problem
 from polyfuse.data.media import is_missing
 from polyfuse.data.prepare import DataConfig, prepare_data, resolve_schema
 from polyfuse.data.schema import Role, TableSchema
-from polyfuse.data.splits import SplitConfig
 from polyfuse.data.table import read_table
 
 
@@ -40,9 +39,6 @@ def inspect_table(config: DataConfig, *, show_progress: bool = True) -> InspectR
     schema = resolve_schema(table, config)
     if not config.targets:
         config = config.model_copy(update={"targets": {c: None for c in schema.columns_of(Role.LABEL)}})
-    split_column = schema.columns_of(Role.SPLIT)
-    if config.split == SplitConfig() and split_column:
-        config = config.model_copy(update={"split": SplitConfig(strategy="column", column=split_column[0])})
     frame = table.frame
     summaries = [
         ColumnSummary(

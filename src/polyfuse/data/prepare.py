@@ -97,7 +97,12 @@ def prepare_data(config: DataConfig, *, show_progress: bool = True, validate: bo
             [Problem(f"target not found; columns: {list(table.frame.columns)}", column=t) for t in missing]
         )
     first_target = next(iter(config.targets), None)
-    splits = assign_splits(table.frame, config.split, default_stratify=first_target)
+    split_config = config.split
+    split_columns = schema.columns_of(Role.SPLIT)
+    if split_config == SplitConfig() and split_columns:
+        # Left at its defaults, the split follows the table's own split column when it has one.
+        split_config = SplitConfig(strategy="column", column=split_columns[0])
+    splits = assign_splits(table.frame, split_config, default_stratify=first_target)
     cache = FeatureCache((config.cache_dir or default_cache_dir()) if config.use_cache else None)
 
     problems = []
