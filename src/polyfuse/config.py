@@ -34,7 +34,7 @@ class FusionConfig(BaseModel):
     name: str = Field("gated", description="concat, gated, tensor, lowrank, cross_attention, transformer")
     output_dim: int = Field(256, ge=1, description="size of the fused vector the heads read")
     modality_dropout: float = Field(
-        0.2, ge=0.0, lt=1.0, description="chance of hiding each present input per row in training"
+        0.3, ge=0.0, lt=1.0, description="chance of hiding each present input per row in training"
     )
     options: dict[str, Any] = Field(default_factory=dict, description="fusion constructor arguments")
 
@@ -66,7 +66,10 @@ class TrainingConfig(BaseModel):
     )
     monitor: str = Field("val_loss", description="metric for early stopping and the best checkpoint")
     aux_loss_weight: float = Field(
-        0.0, ge=0.0, description="weight of per-input auxiliary heads (each input predicts the target alone)"
+        0.5,
+        ge=0.0,
+        description="weight of per-input auxiliary heads (each input predicts the target alone); keeps every "
+        "encoder useful on its own, so a row missing a modality is still predicted well; 0 disables",
     )
     precision: Literal["32", "bf16-mixed", "16-mixed"] = Field(
         "32", description="bf16-mixed on GPUs; on CPUs without AMX bf16 runs slower than fp32"
