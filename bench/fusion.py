@@ -195,9 +195,11 @@ def main() -> None:
     if args.single:
         plan += [(m, "gated", s) for m in ("image", "audio") for s in args.seeds]
     results: list[dict[str, Any]] = []
+    kept: dict[str, Any] = {}  # other keys of an appended file (e.g. runs under earlier defaults)
     previous = RESULTS / f"fusion_{args.variant}.json"
     if args.append and previous.exists():
-        results = json.loads(previous.read_text())["runs"]
+        kept = json.loads(previous.read_text())
+        results = kept.pop("runs")
     machine = f"{platform.machine()}, {os.cpu_count()} CPUs, " + (
         torch.cuda.get_device_name(0) if torch.cuda.is_available() else "no GPU"
     )
@@ -206,7 +208,7 @@ def main() -> None:
         results.append({**result, "machine": machine, "parallel_runs": args.parallel})
         print(json.dumps(result), flush=True)
         summary = summarise(results)
-        meta = {"variant": args.variant, "epochs": args.epochs}
+        meta = {**kept, "variant": args.variant, "epochs": args.epochs}
         RESULTS.mkdir(parents=True, exist_ok=True)
         atomic_write_text(
             RESULTS / f"fusion_{args.variant}.json", json.dumps({**meta, "runs": results}, indent=2)
