@@ -318,7 +318,9 @@ def split_labels(value: Any) -> list[str]:
 
 
 def encode_target(value: Any, spec: TargetSpec) -> Tensor:
-    if is_missing(value) if not isinstance(value, list | tuple) else False:
+    # a multi-label cell may already be a list of labels; is_missing only judges scalars
+    is_scalar = not isinstance(value, list | tuple)
+    if is_scalar and is_missing(value):
         raise MediaError("label is missing", "fill the label or drop the row (--drop-invalid)")
     if spec.task == "regression":
         return torch.tensor((to_number(value) - spec.mean) / spec.std, dtype=torch.float32)
