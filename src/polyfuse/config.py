@@ -78,6 +78,11 @@ class TrainingConfig(BaseModel):
     devices: int | str = Field(1, description="number of devices (or 'auto'); >1 runs DDP")
     num_nodes: int = Field(1, ge=1)
     num_workers: int = Field(0, ge=0, description="DataLoader worker processes")
+    group_by_length: bool = Field(
+        False,
+        description="batch training rows of similar audio / text length together (less padding: faster "
+        "epochs, less memory); batches are still shuffled",
+    )
     cache_frozen_outputs: bool = Field(
         True, description="run each frozen encoder once per distinct input row, not once per epoch"
     )

@@ -2,26 +2,49 @@
 
 from __future__ import annotations
 
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 
 import torch
 from torch.utils.data import DataLoader, Sampler
 
 from polyfuse.data.dataset import MultimodalDataset, make_collate
 from polyfuse.data.preprocess import Preprocessor
+from polyfuse.data.schema import Modality
 from polyfuse.data.table import Table
+
+# Rows are sorted by length within groups of this many batches; the larger, the less padding but the
+# less random each batch's company (the Hugging Face Trainer's LengthGroupedSampler uses 50 too).
+MEGABATCH_BATCHES = 50
 
 
 class EpochSampler(Sampler[int]):
     """A permutation drawn from (seed, epoch) — not from a global RNG stream that a restart would lose.
 
     Lightning calls `set_epoch` before each epoch; the dataset's augmentation epoch moves with it.
+
+    With `lengths` (one tuple per row, compared in order) and `batch_size`, rows of similar length share a
+    batch: the permutation is cut into groups of MEGABATCH_BATCHES batches, each group is sorted by length
+    and cut into batches, and the batches are shuffled. A batch is then padded only to the longest of similar rows, not to the
+    longest of 64 random ones. The one short batch (when batch_size does not divide the rows) comes last
+    so that the DataLoader, which cuts this sequence every batch_size indices, sees the same batches.
     """
 
-    def __init__(self, dataset: MultimodalDataset, seed: int, shuffle: bool = True) -> None:
+    def __init__(
+        self,
+        dataset: MultimodalDataset,
+        seed: int,
+        shuffle: bool = True,
+        *,
+        lengths: Sequence[tuple[int, ...]] | None = None,
+        batch_size: int | None = None,
+    ) -> None:
+        if lengths is not None and (batch_size is None or len(lengths) != len(dataset)):
+            raise ValueError("length grouping needs batch_size and one length per row")
         self.dataset = dataset
         self.seed = seed
         self.shuffle = shuffle
+        self.lengths = None if lengths is None else list(lengths)
+        self.batch_size = batch_size
         self.epoch = 0
 
     def set_epoch(self, epoch: int) -> None:
@@ -32,10 +55,46 @@ class EpochSampler(Sampler[int]):
         if not self.shuffle:
             return iter(range(len(self.dataset)))
         generator = torch.Generator().manual_seed(self.seed * 100_003 + self.epoch)
-        return iter(torch.randperm(len(self.dataset), generator=generator).tolist())
+        order = torch.randperm(len(self.dataset), generator=generator).tolist()
+        if self.lengths is None or self.batch_size is None:
+            return iter(order)
+        return iter(self._grouped(order, self.lengths, self.batch_size, generator))
+
+    @staticmethod
+    def _grouped(
+        order: list[int], lengths: list[tuple[int, ...]], batch_size: int, generator: torch.Generator
+    ) -> list[int]:
+        # a multiple of batch_size, so only the very last batch of the epoch can be short
+        group_size = batch_size * MEGABATCH_BATCHES
+        batches: list[list[int]] = []
+        for start in range(0, len(order), group_size):
+            # longest first; the sort is stable, so equal lengths keep their random order
+            group = sorted(order[start : start + group_size], key=lambda i: lengths[i], reverse=True)
+            batches += [group[j : j + batch_size] for j in range(0, len(group), batch_size)]
+        short = [b for b in batches if len(b) < batch_size]  # at most one
+        full = [b for b in batches if len(b) == batch_size]
+        shuffled = [full[i] for i in torch.randperm(len(full), generator=generator).tolist()]
+        return [i for batch in shuffled + short for i in batch]
 
     def __len__(self) -> int:
         return len(self.dataset)
+
+
+def sequence_lengths(dataset: MultimodalDataset) -> list[tuple[int, ...]]:
+    """Per row, the lengths of its audio (frames) then text (tokens) inputs, 0 where one is missing.
+
+    Sorting these tuples groups rows by their audio length first (audio frames cost far more than
+    tokens), then by text length. Encodes every row once without augmentation (augmentation never changes
+    a length); with the feature cache warm from validation that is a cheap pass.
+    """
+    kinds = (Modality.AUDIO, Modality.TEXT)
+    names = [n for kind in kinds for n, m in dataset.preprocessor.inputs.items() if m is kind]
+    lengths = []
+    for row in dataset.rows:
+        sample = dataset.preprocessor.encode_inputs(row, dataset.base_dir, allow_base64=dataset.allow_base64)
+        # audio (F, T) and text (T,): the time / token axis is the last one
+        lengths.append(tuple(0 if (t := sample.get(n)) is None else int(t.shape[-1]) for n in names))
+    return lengths
 
 
 def make_loader(
@@ -47,12 +106,15 @@ def make_loader(
     seed: int = 0,
     num_workers: int = 0,
     with_targets: bool = True,
+    group_by_length: bool = False,
 ) -> DataLoader[dict[str, object]]:
+    """group_by_length (training only): batch rows of similar audio / text length together."""
     dataset = MultimodalDataset(table, preprocessor, augment=train, seed=seed, with_targets=with_targets)
+    lengths = sequence_lengths(dataset) if train and group_by_length else None
     return DataLoader(
         dataset,
         batch_size=batch_size,
-        sampler=EpochSampler(dataset, seed, shuffle=train),
+        sampler=EpochSampler(dataset, seed, shuffle=train, lengths=lengths, batch_size=batch_size),
         collate_fn=make_collate(preprocessor),
         num_workers=num_workers,
         persistent_workers=False,  # workers must see the epoch set on the dataset before each epoch

@@ -86,7 +86,13 @@ def train(
     training = config.training
     train_table, val_table = prepared.split("train"), prepared.split("val")
     loader_args = dict(batch_size=training.batch_size, seed=training.seed, num_workers=training.num_workers)
-    train_loader = make_loader(train_table, preprocessor, train=True, **loader_args)  # type: ignore[arg-type]
+    train_loader = make_loader(
+        train_table,
+        preprocessor,
+        train=True,
+        group_by_length=training.group_by_length,
+        **loader_args,  # type: ignore[arg-type]
+    )
     val_loader = make_loader(val_table, preprocessor, train=False, **loader_args) if len(val_table) else None  # type: ignore[arg-type]
 
     model = build_model(config, preprocessor)
