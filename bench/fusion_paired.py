@@ -89,9 +89,13 @@ def main() -> None:
                     "errors single": errors_single,
                     "fused wins": wins,
                     "fused losses": losses,
-                    "McNemar p": round(mcnemar_exact(wins, losses), 5),
+                    "McNemar p": float(f"{mcnemar_exact(wins, losses):.2g}"),
                 }
             )
+    if not rows:
+        raise SystemExit(
+            f"{args.work}: no fused run has a single-modality run of the same seed to compare with"
+        )
     frame = pd.DataFrame(rows)
     out = RESULTS / f"fusion_{args.variant}_paired"
     atomic_write_text(
