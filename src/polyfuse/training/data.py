@@ -24,9 +24,10 @@ class EpochSampler(Sampler[int]):
 
     With `lengths` (one tuple per row, compared in order) and `batch_size`, rows of similar length share a
     batch: the permutation is cut into groups of MEGABATCH_BATCHES batches, each group is sorted by length
-    and cut into batches, and the batches are shuffled. A batch is then padded only to the longest of similar rows, not to the
-    longest of 64 random ones. The one short batch (when batch_size does not divide the rows) comes last
-    so that the DataLoader, which cuts this sequence every batch_size indices, sees the same batches.
+    and cut into batches, and the batches are shuffled. A batch is then padded only to the longest of
+    similar rows, not to the longest of 64 random ones. The one short batch (when batch_size does not
+    divide the rows) comes last so that the DataLoader, which cuts this sequence every batch_size
+    indices, sees the same batches.
     """
 
     def __init__(
