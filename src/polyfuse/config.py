@@ -71,6 +71,14 @@ class TrainingConfig(BaseModel):
         description="weight of per-input auxiliary heads (each input predicts the target alone); keeps every "
         "encoder useful on its own, so a row missing a modality is still predicted well; 0 disables",
     )
+    ema_decay: float | None = Field(
+        None,
+        gt=0.0,
+        lt=1.0,
+        description="keep an exponential moving average of the weights (and BatchNorm statistics), updated "
+        "every optimizer step with this decay (e.g. 0.99: about the last 100 steps); validation, the best "
+        "checkpoint and the saved model use the average; null disables",
+    )
     precision: Literal["32", "bf16-mixed", "16-mixed"] = Field(
         "32", description="bf16-mixed on GPUs; on CPUs without AMX bf16 runs slower than fp32"
     )

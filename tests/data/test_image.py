@@ -327,3 +327,54 @@ def test_augment_fills_outside_with_the_given_value() -> None:
         values = out[:, channel]
         assert values.min() >= value - 1e-5 and values.max() <= 1.0 + 1e-5  # only blends of fill and image
         assert torch.isclose(values, torch.tensor(value)).any()  # some pixels came from outside
+
+
+NO_AFFINE = {
+    "crop_scale": (1.0, 1.0),
+    "crop_ratio": (1.0, 1.0),
+    "max_rotation_degrees": 0,
+    "max_translate": 0,
+}
+
+
+def test_erasing_paints_one_rectangle_of_the_fill_within_the_area_range() -> None:
+    image = torch.full((2, 20, 30), 5.0)
+    cfg = ImageAugmentConfig(**NO_AFFINE, erase_probability=1.0, erase_scale=(0.05, 0.2))
+    fill = (-1.0, -3.0)
+    for seed in range(20):
+        out = augment_image(image, cfg, torch.Generator().manual_seed(seed), fill)
+        erased = ~torch.isclose(out[0], torch.tensor(5.0), atol=1e-4)  # (H, W)
+        rows, cols = erased.any(dim=1).nonzero().flatten(), erased.any(dim=0).nonzero().flatten()
+        # exactly the bounding box of the erased pixels is erased: one solid rectangle
+        box = erased[rows.min() : rows.max() + 1, cols.min() : cols.max() + 1]
+        assert box.all() and int(erased.sum()) == box.numel()
+        assert 0.05 * 600 - 30 <= box.numel() <= 0.2 * 600 + 30  # area range, up to rounding of the sides
+        for channel, value in enumerate(fill):
+            assert torch.allclose(out[channel][erased], torch.tensor(value))
+            assert torch.allclose(out[channel][~erased], torch.tensor(5.0), atol=1e-4)
+
+
+def test_erasing_probability_zero_replays_the_affine_draws_and_half_erases_some() -> None:
+    image = torch.randn(1, 16, 16)
+    plain, never = ImageAugmentConfig(), ImageAugmentConfig(erase_probability=0.0)
+    for seed in range(3):
+        # p = 0 draws nothing extra from the generator: runs from before erasing existed replay unchanged
+        g1, g2 = torch.Generator().manual_seed(seed), torch.Generator().manual_seed(seed)
+        assert torch.equal(augment_image(image, plain, g1), augment_image(image, never, g2))
+        assert torch.equal(torch.rand(3, generator=g1), torch.rand(3, generator=g2))
+    half = ImageAugmentConfig(**NO_AFFINE, erase_probability=0.5)
+    flat = torch.ones(1, 16, 16)
+    hit = [
+        not torch.allclose(augment_image(flat, half, torch.Generator().manual_seed(s), -1.0), flat)
+        for s in range(40)
+    ]
+    assert 8 <= sum(hit) <= 32
+
+
+def test_erasing_ranges_are_validated() -> None:
+    with pytest.raises(ValueError, match="area fraction"):
+        ImageAugmentConfig(erase_scale=(0.3, 0.1))
+    with pytest.raises(ValueError, match="aspect ratio"):
+        ImageAugmentConfig(erase_ratio=(0.0, 2.0))
+    with pytest.raises(ValueError):
+        ImageAugmentConfig(erase_probability=1.5)

@@ -116,11 +116,15 @@ def _train_cli(config: Path, run: Path, *extra: str) -> subprocess.Popen[bytes]:
     )
 
 
+@pytest.mark.parametrize("ema_decay", [None, 0.9], ids=["plain", "ema"])
 def test_kill_9_then_resume_ends_like_an_uninterrupted_run(
-    synthetic_table: Path, tmp_path: Path, small_config: Any
+    synthetic_table: Path, tmp_path: Path, small_config: Any, ema_decay: float | None
 ) -> None:
     config_path = tmp_path / "config.yaml"
-    small_config(synthetic_table, config_path, epochs=6)
+    config = small_config(synthetic_table, config_path, epochs=6)
+    # with EMA the checkpoint also carries the average and the live weights, both of which must come back
+    training = config.training.model_copy(update={"ema_decay": ema_decay})
+    config_path.write_text(config.model_copy(update={"training": training}).to_yaml())
     straight = _train_cli(config_path, tmp_path / "straight")
     assert straight.wait(timeout=600) == 0, straight.stderr.read() if straight.stderr else ""
     # last.ckpt is rewritten every epoch, improved or not (the final epoch's index is 5).
@@ -151,6 +155,31 @@ def test_kill_9_then_resume_ends_like_an_uninterrupted_run(
     assert weights_a.keys() == weights_b.keys()
     for key in weights_a:
         assert np.array_equal(weights_a[key].numpy(), weights_b[key].numpy()), key
+
+
+def test_ema_model_is_the_average_and_the_checkpoint_keeps_the_live_weights(
+    synthetic_table: Path, tmp_path: Path, small_config: Any
+) -> None:
+    import torch
+
+    config = small_config(synthetic_table, tmp_path / "config.yaml", epochs=2)
+    config = config.model_copy(update={"training": config.training.model_copy(update={"ema_decay": 0.5})})
+    result = train(config, tmp_path / "run", show_progress=False, log=lambda *_: None)
+    best = torch.load(tmp_path / "run" / "checkpoints" / "best.ckpt", weights_only=True)
+    average, live = best["state_dict"], best["current_model_state"]
+    saved = load_file(str(result.model_dir / "model.safetensors"))
+    assert saved.keys() and all(f"model.{k}" in average for k in saved)
+    for key in saved:
+        assert torch.equal(saved[key], average[f"model.{key}"]), key
+    # the average lags the live weights: some trained weight differs between them
+    moved = [
+        k
+        for k in saved
+        if saved[k].is_floating_point() and not torch.equal(average[f"model.{k}"], live[f"model.{k}"])
+    ]
+    assert moved
+    # BatchNorm statistics are averaged too (use_buffers), so the saved model's are the average's
+    assert any("running_mean" in k for k in moved)
 
 
 def test_validate_reports_every_config_error_at_once(

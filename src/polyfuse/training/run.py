@@ -54,7 +54,12 @@ def train(
 ) -> TrainResult:
     """Train, evaluate on the validation and test splits, and write RUN_DIR/model."""
     import lightning as L
-    from lightning.pytorch.callbacks import EarlyStopping, ModelCheckpoint, RichProgressBar
+    from lightning.pytorch.callbacks import (
+        EarlyStopping,
+        EMAWeightAveraging,
+        ModelCheckpoint,
+        RichProgressBar,
+    )
     from lightning.pytorch.loggers import CSVLogger, TensorBoardLogger
 
     from polyfuse.training.checkpoint_io import AtomicCheckpointIO
@@ -141,6 +146,10 @@ def train(
     ]
     if training.early_stopping_patience is not None:
         callbacks.append(EarlyStopping(monitor=monitor, mode=mode, patience=training.early_stopping_patience))
+    if training.ema_decay is not None:
+        # Swaps the average in for validation, so `monitor`, best.ckpt's "state_dict" and the saved model
+        # are the averaged weights; the live weights ride along in the checkpoint for an exact --resume.
+        callbacks.append(EMAWeightAveraging(decay=training.ema_decay))
     if show_progress:
         callbacks.append(RichProgressBar(leave=True))
     _quiet_lightning()

@@ -36,7 +36,9 @@ from polyfuse.data.media import MediaSource, describe_source, read_source_bytes
 
 
 class ImageAugmentConfig(BaseModel):
-    """Train-time augmentation: one random affine (resized crop + rotation + translation [+ flip])."""
+    """Train-time augmentation: one random affine (resized crop + rotation + translation [+ flip]), then
+    optionally random erasing (Zhong et al. 2017): a random rectangle painted black, so that the model
+    learns to read an input with a part hidden (occlusions, stickers, a finger over the lens)."""
 
     model_config = ConfigDict(extra="forbid")
 
@@ -46,21 +48,24 @@ class ImageAugmentConfig(BaseModel):
     max_rotation_degrees: float = Field(default=10.0, ge=0.0, le=180.0)  # rotation drawn from ±this
     max_translate: float = Field(default=0.1, ge=0.0, lt=1.0)  # shift drawn from ±this fraction of W / H
     horizontal_flip: bool = False  # off by default: a mirrored digit or word is a different input
+    erase_probability: float = Field(default=0.0, ge=0.0, le=1.0)  # chance of erasing one rectangle
+    erase_scale: tuple[float, float] = (0.02, 0.2)  # fraction of the image area the rectangle covers
+    erase_ratio: tuple[float, float] = (0.3, 3.3)  # rectangle aspect ratio (h / w, in pixels)
 
-    @field_validator("crop_scale")
+    @field_validator("crop_scale", "erase_scale")
     @classmethod
     def _check_scale(cls, value: tuple[float, float]) -> tuple[float, float]:
         low, high = value
         if not 0.0 < low <= high <= 1.0:
-            raise ValueError(f"crop_scale must satisfy 0 < low <= high <= 1, got {value}")
+            raise ValueError(f"an area fraction range must satisfy 0 < low <= high <= 1, got {value}")
         return value
 
-    @field_validator("crop_ratio")
+    @field_validator("crop_ratio", "erase_ratio")
     @classmethod
     def _check_ratio(cls, value: tuple[float, float]) -> tuple[float, float]:
         low, high = value
         if not 0.0 < low <= high:
-            raise ValueError(f"crop_ratio must satisfy 0 < low <= high, got {value}")
+            raise ValueError(f"an aspect ratio range must satisfy 0 < low <= high, got {value}")
         return value
 
 
@@ -351,12 +356,14 @@ def augment_image(
     generator: torch.Generator,
     fill: float | Sequence[float] = 0.0,
 ) -> torch.Tensor:
-    """Random resized crop + rotation + translation (+ optional horizontal flip) of a (C, H, W) tensor.
+    """Random resized crop + rotation + translation (+ optional horizontal flip) of a (C, H, W) tensor,
+    then, with probability cfg.erase_probability, one erased rectangle.
 
-    All of it is one affine resampling (bilinear), so the image is interpolated once. Pixels that come
-    from outside the image get `fill` (per channel, or one value): pass normalised_black(image_cfg) so they
-    look like black before normalisation. Deterministic given `generator` (CPU); the identity when
-    cfg.enabled is False.
+    The affine part is one resampling (bilinear), so the image is interpolated once. Pixels that come
+    from outside the image, and erased pixels, get `fill` (per channel, or one value): pass
+    normalised_black(image_cfg) so they look like black before normalisation. Deterministic given
+    `generator` (CPU); the identity when cfg.enabled is False. With erase_probability 0 the generator is
+    drawn exactly as before erasing existed, so earlier runs replay unchanged.
     """
     if not cfg.enabled:
         return image
@@ -372,7 +379,35 @@ def augment_image(
     # grid_sample pads with zeros: shift by the fill so that zero padding means `fill`.
     shifted = (image - fill_value).unsqueeze(0)  # (1, C, H, W)
     out = F.grid_sample(shifted, grid, mode="bilinear", padding_mode="zeros", align_corners=False)
-    return out[0] + fill_value  # (C, H, W)
+    out = out[0] + fill_value  # (C, H, W)
+    if cfg.erase_probability > 0.0 and _uniform(0.0, 1.0, generator) < cfg.erase_probability:
+        out = _erase_rectangle(out, cfg, generator, fill_value)
+    return out
+
+
+def _erase_rectangle(
+    image: torch.Tensor,
+    cfg: ImageAugmentConfig,
+    generator: torch.Generator,
+    fill_value: torch.Tensor,
+    attempts: int = 10,
+) -> torch.Tensor:
+    """Paint one random rectangle of (C, H, W) `image` with fill_value (C or 1, 1, 1): area from
+    erase_scale, aspect from erase_ratio, as torchvision's RandomErasing. If no drawn rectangle fits in
+    `attempts` tries (tiny images), the image is returned unchanged."""
+    _, height, width = image.shape
+    log_low, log_high = math.log(cfg.erase_ratio[0]), math.log(cfg.erase_ratio[1])
+    for _ in range(attempts):
+        area = _uniform(*cfg.erase_scale, generator) * height * width  # in pixels
+        ratio = math.exp(_uniform(log_low, log_high, generator))
+        erase_h, erase_w = round(math.sqrt(area * ratio)), round(math.sqrt(area / ratio))
+        if 0 < erase_h <= height and 0 < erase_w <= width:
+            top = int(torch.randint(0, height - erase_h + 1, (), generator=generator))
+            left = int(torch.randint(0, width - erase_w + 1, (), generator=generator))
+            erased = image.clone()
+            erased[:, top : top + erase_h, left : left + erase_w] = fill_value
+            return erased
+    return image
 
 
 def _uniform(low: float, high: float, generator: torch.Generator) -> float:
