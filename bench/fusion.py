@@ -173,6 +173,13 @@ def main() -> None:
         "--single", action=argparse.BooleanOptionalAction, default=True, help="image-only and audio-only runs"
     )
     parser.add_argument(
+        "--single-inputs",
+        nargs="+",
+        choices=["image", "audio"],
+        default=["image", "audio"],
+        help="which single-modality runs --single makes (e.g. only image after an image-only change)",
+    )
+    parser.add_argument(
         "--parallel", type=int, default=1, help="runs at once (use 1 for timings on small machines)"
     )
     parser.add_argument("--num-workers", type=int, default=0)
@@ -193,7 +200,7 @@ def main() -> None:
     )
     plan = [("fused", f, s) for f in args.fusions for s in args.seeds]
     if args.single:
-        plan += [(m, "gated", s) for m in ("image", "audio") for s in args.seeds]
+        plan += [(m, "gated", s) for m in args.single_inputs for s in args.seeds]
     results: list[dict[str, Any]] = []
     kept: dict[str, Any] = {}  # other keys of an appended file (e.g. runs under earlier defaults)
     previous = RESULTS / f"fusion_{args.variant}.json"
