@@ -19,6 +19,9 @@ from polyfuse.data.errors import MediaError
 from polyfuse.data.modalities.image import (
     ImageAugmentConfig,
     ImageConfig,
+    _crop_matrix,
+    _flip_matrix,
+    _rotate_shift_matrix,
     augment_image,
     decode_image,
     image_to_tensor,
@@ -292,7 +295,11 @@ def test_augment_disabled_and_zero_strength_are_identity() -> None:
 
     # enabled but every range collapsed: the affine map must be exactly the identity grid
     still = ImageAugmentConfig(
-        crop_scale=(1.0, 1.0), crop_ratio=(1.0, 1.0), max_rotation_degrees=0, max_translate=0
+        crop_scale=(1.0, 1.0),
+        crop_ratio=(1.0, 1.0),
+        max_rotation_degrees=0,
+        max_translate=0,
+        erase_probability=0.0,
     )
     out = augment_image(image, still, torch.Generator().manual_seed(0))
     assert torch.allclose(out, image, atol=1e-5)
@@ -306,6 +313,7 @@ def test_augment_flip_mirrors_exactly() -> None:
         max_rotation_degrees=0,
         max_translate=0,
         horizontal_flip=True,
+        erase_probability=0.0,
     )
     outs = [augment_image(image, flip_only, torch.Generator().manual_seed(s)) for s in range(12)]
     flipped = [torch.allclose(o, image.flip(-1), atol=1e-5) for o in outs]
@@ -354,14 +362,23 @@ def test_erasing_paints_one_rectangle_of_the_fill_within_the_area_range() -> Non
             assert torch.allclose(out[channel][~erased], torch.tensor(5.0), atol=1e-4)
 
 
-def test_erasing_probability_zero_replays_the_affine_draws_and_half_erases_some() -> None:
+def test_erasing_probability_zero_draws_only_the_affine_and_half_erases_some() -> None:
     image = torch.randn(1, 16, 16)
-    plain, never = ImageAugmentConfig(), ImageAugmentConfig(erase_probability=0.0)
+    never = ImageAugmentConfig(erase_probability=0.0)
     for seed in range(3):
-        # p = 0 draws nothing extra from the generator: runs from before erasing existed replay unchanged
+        # p = 0 draws from the generator exactly what the affine draws (flip, rotation + shift, crop), so
+        # runs configured without erasing replay as they did before erasing existed
         g1, g2 = torch.Generator().manual_seed(seed), torch.Generator().manual_seed(seed)
-        assert torch.equal(augment_image(image, plain, g1), augment_image(image, never, g2))
+        augment_image(image, never, g1)
+        _flip_matrix(never, g2)
+        _rotate_shift_matrix(16, 16, never, g2)
+        _crop_matrix(never, g2)
         assert torch.equal(torch.rand(3, generator=g1), torch.rand(3, generator=g2))
+        # with p > 0 the erase draw comes on top, so the streams part
+        g3, g4 = torch.Generator().manual_seed(seed), torch.Generator().manual_seed(seed)
+        augment_image(image, ImageAugmentConfig(erase_probability=0.5), g3)
+        augment_image(image, never, g4)
+        assert not torch.equal(torch.rand(3, generator=g3), torch.rand(3, generator=g4))
     half = ImageAugmentConfig(**NO_AFFINE, erase_probability=0.5)
     flat = torch.ones(1, 16, 16)
     hit = [
