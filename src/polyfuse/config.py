@@ -77,7 +77,8 @@ class TrainingConfig(BaseModel):
         lt=1.0,
         description="keep an exponential moving average of the weights (and BatchNorm statistics), updated "
         "every optimizer step with this decay (e.g. 0.99: about the last 100 steps); validation, the best "
-        "checkpoint and the saved model use the average; null disables",
+        "checkpoint and the saved model use the average; costs one more copy of the model in memory "
+        "(frozen encoders included); null disables",
     )
     precision: Literal["32", "bf16-mixed", "16-mixed"] = Field(
         "32", description="bf16-mixed on GPUs; on CPUs without AMX bf16 runs slower than fp32"
