@@ -56,7 +56,10 @@ def plain_loop(config: Any, preprocessor: Any, batches: list[Batch], epochs: int
     for _ in range(epochs):
         start = time.perf_counter()
         for batch in batches:
-            loss = supervised_losses(model(batch), batch.targets, specs)["loss"]
+            losses = supervised_losses(
+                model(batch), batch.targets, specs, aux_weight=training.aux_loss_weight
+            )
+            loss = losses["loss"]
             optimizer.zero_grad(set_to_none=True)
             loss.backward()
             torch.nn.utils.clip_grad_norm_(model.parameters(), training.gradient_clip)

@@ -68,8 +68,10 @@ class TrainingConfig(BaseModel):
     aux_loss_weight: float = Field(
         0.5,
         ge=0.0,
-        description="weight of per-input auxiliary heads (each input predicts the target alone); keeps every "
-        "encoder useful on its own, so a row missing a modality is still predicted well; 0 disables",
+        description="weight of each input's auxiliary head (the input predicts the target alone, scored on "
+        "the rows that have it) next to the fused head's 1; keeps every encoder as strong as a single-input "
+        "model, so a row missing a modality is still predicted well and a noisy input cannot outvote a "
+        "clear one; 0 disables",
     )
     ema_decay: float | None = Field(
         None,

@@ -28,6 +28,7 @@ class ModelOutput:
     fused: Tensor  # (B, D) the fused representation
     embeddings: dict[str, Tensor]  # input name → pooled encoder output (B, D_m)
     aux_logits: dict[str, dict[str, Tensor]] = field(default_factory=dict)  # input → target → logits
+    aux_present: dict[str, Tensor] = field(default_factory=dict)  # input → (B,) bool: rows that have it
 
 
 def module_key(name: str) -> str:
@@ -90,12 +91,14 @@ class MultimodalModel(nn.Module):
         logits = {t: self.heads[k](fused) for t, k in self.target_keys.items()}
         embeddings = {name: features[key].pooled for name, key in self.input_keys.items()}
         aux = {}
+        aux_present = {}
         for name, key in self.input_keys.items():
             if key in self.aux_heads:
                 pooled = features[key].pooled
                 per_target: nn.ModuleDict = self.aux_heads[key]  # type: ignore[assignment]
                 aux[name] = {t: per_target[k](pooled) for t, k in self.target_keys.items()}
-        return ModelOutput(logits, fused, embeddings, aux)
+                aux_present[name] = present[key]
+        return ModelOutput(logits, fused, embeddings, aux, aux_present)
 
 
 # Constructor arguments an encoder may need from the fitted data; each is passed only when the encoder's
