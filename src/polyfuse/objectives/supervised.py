@@ -60,12 +60,13 @@ def supervised_losses(
     adding a column does not dilute the others' training signal.
     """
     class_weights = class_weights or {}
+    loss_weights = loss_weights or {}
     losses: dict[str, Tensor] = {}
     total = torch.zeros((), device=output.fused.device)
     for name, spec in specs.items():
         loss = target_loss(output.logits[name], targets[name], spec, class_weights.get(name))
         losses[f"{name}_loss"] = loss
-        total = total + (loss_weights or {}).get(name, 1.0) * loss
+        total = total + loss_weights.get(name, 1.0) * loss
     if aux_weight > 0 and output.aux_logits:
         aux = torch.zeros((), device=output.fused.device)
         for input_name, per_target in output.aux_logits.items():
@@ -74,7 +75,7 @@ def supervised_losses(
                 loss = present_rows_loss(
                     per_target[name], targets[name], spec, present, class_weights.get(name)
                 )
-                aux = aux + (loss_weights or {}).get(name, 1.0) * loss
+                aux = aux + loss_weights.get(name, 1.0) * loss
         losses["aux_loss"] = aux
         total = total + aux_weight * aux
     losses["loss"] = total
