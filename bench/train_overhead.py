@@ -31,7 +31,6 @@ from polyfuse.data.datasets import build_av_digits, default_data_dir
 from polyfuse.data.prepare import prepare_data
 from polyfuse.init_config import init_config
 from polyfuse.models.model import build_model
-from polyfuse.objectives.supervised import supervised_losses
 from polyfuse.training.data import make_loader
 from polyfuse.training.module import PolyfuseModule, warmup_cosine
 
@@ -51,15 +50,11 @@ def plain_loop(config: Any, preprocessor: Any, batches: list[Batch], epochs: int
     scheduler = torch.optim.lr_scheduler.LambdaLR(
         optimizer, lambda step: warmup_cosine(step, total, warmup, training.min_lr_ratio)
     )
-    specs = preprocessor.state.targets
     durations = []
     for _ in range(epochs):
         start = time.perf_counter()
         for batch in batches:
-            losses = supervised_losses(
-                model(batch), batch.targets, specs, aux_weight=training.aux_loss_weight
-            )
-            loss = losses["loss"]
+            loss = model.losses(model(batch), batch)["loss"]
             optimizer.zero_grad(set_to_none=True)
             loss.backward()
             torch.nn.utils.clip_grad_norm_(model.parameters(), training.gradient_clip)
@@ -99,7 +94,6 @@ def lightning_loop(config: Any, preprocessor: Any, loader: Any, epochs: int, wor
     model = build_model(config, preprocessor)
     module = PolyfuseModule(
         model,
-        preprocessor.state.targets,
         config.training,
         total_steps=epochs * len(loader),
         extra_state={"config": config.to_yaml(), "preprocessing": preprocessor.to_json()},

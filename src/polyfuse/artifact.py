@@ -37,7 +37,10 @@ from polyfuse.data.schema import Modality
 from polyfuse.models.model import MultimodalModel, build_model, count_parameters, encoder_name
 
 FORMAT = "polyfuse-model"
-FORMAT_VERSION = 1
+FORMAT_VERSION = 2
+# Format 1 kept the supervised heads at the top of the model; format 2 puts every objective's modules under
+# objectives.<name>. Older weights are renamed on load.
+V1_RENAMES = (("heads.", "objectives.supervised.heads."), ("aux_heads.", "objectives.supervised.aux_heads."))
 PICKLE_SUFFIXES = {".pkl", ".pickle", ".pt", ".pth", ".bin", ".joblib", ".ckpt"}
 
 
@@ -98,6 +101,7 @@ def save_model(
             "created": datetime.datetime.now(datetime.UTC).isoformat(timespec="seconds"),
             "inputs": {n: m.value for n, m in preprocessor.inputs.items()},
             "targets": {t: s.task for t, s in preprocessor.state.targets.items()},
+            "objectives": list(model.objectives),
             "parameters": count_parameters(model),
         }
         (staging / "polyfuse.json").write_text(json.dumps(info, indent=2))
@@ -133,6 +137,8 @@ def load_model(directory: Path | str) -> tuple[MultimodalModel, RunConfig, Prepr
         raise DataError(
             [Problem(f"corrupt or unreadable model weights: {e}", file=str(directory / "model.safetensors"))]
         ) from None
+    if info.get("format_version", 1) < 2:
+        weights = {_renamed_v1(k): v for k, v in weights.items()}
     missing, unexpected = model.load_state_dict(weights, strict=False)
     backbone_prefixes = tuple(
         f"encoders.{model.input_keys[n]}."
@@ -151,6 +157,13 @@ def load_model(directory: Path | str) -> tuple[MultimodalModel, RunConfig, Prepr
         )
     model.eval()
     return model, config, preprocessor, info
+
+
+def _renamed_v1(key: str) -> str:
+    for old, new in V1_RENAMES:
+        if key.startswith(old):
+            return new + key[len(old) :]
+    return key
 
 
 def _read_info(directory: Path) -> dict[str, Any]:
@@ -216,7 +229,8 @@ def _model_card(info: dict[str, Any], config: RunConfig, metrics: dict[str, Any]
         "",
         f"- polyfuse {info['polyfuse_version']}, format {info['format_version']}, created {info['created']}",
         f"- inputs: {', '.join(f'{n} ({m})' for n, m in info['inputs'].items())}",
-        f"- targets: {', '.join(f'{t} ({k})' for t, k in info['targets'].items())}",
+        f"- targets: {', '.join(f'{t} ({k})' for t, k in info['targets'].items()) or 'none'}",
+        f"- objectives: {', '.join(info['objectives'])}",
         f"- fusion: {config.fusion.name}, {info['parameters']:,} parameters",
         f"- trained on: {config.data.table}",
         "",

@@ -50,6 +50,20 @@ class HeadConfig(BaseModel):
     loss_weight: float = Field(1.0, gt=0.0, description="this target's weight in a multi-task loss")
 
 
+class ObjectiveConfig(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    name: str = Field(description="registry name: supervised, contrastive, matching")
+    weight: float = Field(1.0, gt=0.0, description="this objective's weight in the summed training loss")
+    options: dict[str, Any] = Field(
+        default_factory=dict, description="constructor arguments, e.g. {embed_dim: 128, anchor: text}"
+    )
+
+
+def _default_objectives() -> list[ObjectiveConfig]:
+    return [ObjectiveConfig(name="supervised")]
+
+
 class TrainingConfig(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
@@ -97,6 +111,11 @@ class TrainingConfig(BaseModel):
     cache_frozen_outputs: bool = Field(
         True, description="run each frozen encoder once per distinct input row, not once per epoch"
     )
+    init_from: Path | None = Field(
+        None,
+        description="start from another model's encoder (and contrastive projection) weights, matched by "
+        "input name: a model directory or a run folder (label-efficient fine-tuning after pretraining)",
+    )
     seed: int = 0
     deterministic: bool = Field(
         True, description="deterministic kernels: identical reruns and resumes on CPU"
@@ -114,10 +133,18 @@ class RunConfig(BaseModel):
     )
     fusion: FusionConfig = Field(default_factory=FusionConfig)
     heads: dict[str, HeadConfig] = Field(default_factory=dict, description="target → head settings")
+    objectives: list[ObjectiveConfig] = Field(
+        default_factory=_default_objectives,
+        description="what the model learns, each loss weighted: supervised (a head per target), contrastive "
+        "(a shared embedding space for its inputs), matching (a do-these-inputs-belong-together score)",
+    )
     training: TrainingConfig = Field(default_factory=TrainingConfig)
 
     def head(self, target: str) -> HeadConfig:
         return self.heads.get(target, HeadConfig())
+
+    def objective(self, name: str) -> ObjectiveConfig | None:
+        return next((o for o in self.objectives if o.name == name), None)
 
     def to_yaml(self) -> str:
         return yaml.safe_dump(self.model_dump(mode="json"), sort_keys=False)
@@ -126,7 +153,7 @@ class RunConfig(BaseModel):
 def load_config(path: Path | str, base_dir: Path | None = None) -> RunConfig:
     """Read and validate a YAML config; every error is reported at once, each naming its field.
 
-    A relative `data.table` resolves against the config file's folder.
+    A relative `data.table` (and `training.init_from`) resolves against the config file's folder.
     """
     path = Path(path)
     try:
@@ -147,9 +174,14 @@ def load_config(path: Path | str, base_dir: Path | None = None) -> RunConfig:
             ]
         )
     config = parse_config(raw, source=str(path))
+    folder = base_dir or path.parent
     if not config.data.table.is_absolute():
-        table = (base_dir or path.parent) / config.data.table
+        table = folder / config.data.table
         config = config.model_copy(update={"data": config.data.model_copy(update={"table": table})})
+    source = config.training.init_from
+    if source is not None and not source.is_absolute():
+        training = config.training.model_copy(update={"init_from": folder / source})
+        config = config.model_copy(update={"training": training})
     return config
 
 

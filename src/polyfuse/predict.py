@@ -1,4 +1,7 @@
-"""`polyfuse.load(dir) -> Predictor`: predictions, probabilities and embeddings for new rows."""
+"""`polyfuse.load(dir) -> Predictor`: what a trained model's objectives can do for new rows.
+
+predict / predict_proba (supervised), embed and zero_shot (contrastive), consistency (matching); `search`
+over an index lives in `polyfuse.retrieval`."""
 
 from __future__ import annotations
 
@@ -14,11 +17,16 @@ from polyfuse.artifact import load_model
 from polyfuse.data.batch import Batch
 from polyfuse.data.dataset import MultimodalDataset, make_collate
 from polyfuse.data.errors import DataError
+from polyfuse.data.schema import Modality
 from polyfuse.data.table import Table, read_table
-from polyfuse.evaluation.evaluate import collect_outputs, score
+from polyfuse.evaluation.evaluate import RowsFn, collect, score_objectives
+from polyfuse.models.model import ModelOutput
 from polyfuse.progress import progress_bar
 
 Rows = pd.DataFrame | Sequence[dict[str, Any]]
+# Prompts for zero-shot classification; each label fills the braces, embeddings are averaged (CLIP does the
+# same with 80 ImageNet templates). Pass your own when your captions read differently.
+DEFAULT_TEMPLATES = ("{}", "a {}", "the {}", "this is {}", "an example of {}")
 
 
 class Predictor:
@@ -29,7 +37,8 @@ class Predictor:
     def __init__(self, directory: Path | str, batch_size: int = 64, show_progress: bool = False) -> None:
         self.directory = Path(directory)
         self.model, self.config, self.preprocessor, self.info = load_model(self.directory)
-        self.specs = self.preprocessor.state.targets
+        supervised = self.model.objectives_for("predict")
+        self.specs = dict(self.model.objective(supervised[0]).specs) if supervised else {}  # type: ignore[attr-defined]
         self.batch_size = batch_size
         self.show_progress = show_progress  # a rich progress bar over the batches (the CLI turns it on)
         self._collate = make_collate(self.preprocessor)
@@ -53,16 +62,29 @@ class Predictor:
                 yield self._collate([dataset[i] for i in range(start, stop)])
                 advance(stop - start)
 
-    def _outputs(
-        self, rows: Rows | Table, base_dir: Path | None
-    ) -> tuple[dict[str, torch.Tensor], torch.Tensor, dict[str, torch.Tensor]]:
+    def _require(self, capability: str) -> str:
+        """The objective that makes `capability` possible, or a clear error saying how to get one."""
+        found = self.model.objectives_for(capability)
+        if not found:
+            needed = {"predict": "supervised", "consistency": "matching"}.get(capability, "contrastive")
+            raise ValueError(
+                f"this model cannot {capability.replace('_', '-')}: it was trained with objectives "
+                f"{list(self.model.objectives)}; train one with the '{needed}' objective "
+                f"(polyfuse init TABLE --objective {needed})"
+            )
+        return found[0]
+
+    def _collect(
+        self, rows: Rows | Table, base_dir: Path | None, fn: RowsFn, inputs: list[str] | None = None
+    ) -> dict[str, torch.Tensor]:
         table = self._table(rows, base_dir)
         if len(table) == 0:
             raise DataError("no rows to predict")
-        outputs, _, fused, embeddings = collect_outputs(
-            self.model, self._batches(table, False), with_targets=False
-        )
-        return outputs, fused, embeddings
+        return collect(self.model, self._batches(table, False), fn, inputs)
+
+    def _supervised_outputs(self, rows: Rows | Table, base_dir: Path | None) -> dict[str, torch.Tensor]:
+        objective = self.model.objective(self._require("predict"))
+        return self._collect(rows, base_dir, lambda output, _: objective.infer(output))
 
     def _labels(self, outputs: dict[str, torch.Tensor]) -> pd.DataFrame:
         columns: dict[str, list[Any]] = {}
@@ -89,42 +111,147 @@ class Predictor:
     def predict(self, rows: Rows | Table, base_dir: Path | None = None) -> pd.DataFrame:
         """One column per target: the predicted class name, the '|'-joined labels over 0.5 (multi-label),
         or the value (regression)."""
-        return self._labels(self._outputs(rows, base_dir)[0])
+        return self._labels(self._supervised_outputs(rows, base_dir))
 
     def predict_proba(
         self, rows: Rows | Table, target: str | None = None, base_dir: Path | None = None
     ) -> pd.DataFrame:
         """Class probabilities (N, C) for one target (default: the only / first classification target),
         columns named by class."""
+        self._require("predict")
         target = target or next((t for t, s in self.specs.items() if s.task != "regression"), None)
         if target is None or target not in self.specs or self.specs[target].task == "regression":
             raise ValueError(f"predict_proba needs a classification target; targets: {self.targets}")
-        return self._probabilities(self._outputs(rows, base_dir)[0], target)
+        return self._probabilities(self._supervised_outputs(rows, base_dir), target)
 
     def predict_table(self, rows: Rows | Table, base_dir: Path | None = None) -> pd.DataFrame:
-        """Labels / values per target plus `<target>_proba_<class>` columns, from one pass of the model."""
-        outputs = self._outputs(rows, base_dir)[0]
-        parts = [self._labels(outputs)]
-        for target, spec in self.specs.items():
-            if spec.task != "regression":
-                parts.append(self._probabilities(outputs, target).add_prefix(f"{target}_proba_"))
+        """What the model's objectives predict for each row, from one pass: labels / values per target plus
+        `<target>_proba_<class>` columns (supervised), and a `consistency` column (matching)."""
+        table = self._table(rows, base_dir)
+        parts = []
+        if self.model.objectives_for("predict"):
+            outputs = self._supervised_outputs(table, base_dir)
+            parts.append(self._labels(outputs))
+            for target, spec in self.specs.items():
+                if spec.task != "regression":
+                    parts.append(self._probabilities(outputs, target).add_prefix(f"{target}_proba_"))
+        if self.model.objectives_for("consistency"):
+            parts.append(pd.DataFrame({"consistency": self.consistency(table, base_dir)}))
+        if not parts:
+            raise ValueError(
+                f"this model's objectives {list(self.model.objectives)} predict no column per row; use "
+                "embed, search or zero_shot"
+            )
         return pd.concat(parts, axis=1)
 
     def embed(
         self, rows: Rows | Table, modality: str | None = None, base_dir: Path | None = None
     ) -> np.ndarray:
-        """(N, D) fused embeddings, or one input's pooled encoder output with modality='<input name>'."""
-        _, fused, embeddings = self._outputs(rows, base_dir)
-        if modality is None:
-            return fused.numpy()
-        if modality not in embeddings:
-            raise ValueError(f"unknown input {modality!r}; inputs: {sorted(embeddings)}")
-        return embeddings[modality].numpy()
+        """(N, D) L2-normalised embeddings.
+
+        modality='<input name>': that input's vector — in the shared space of a contrastive model (so an
+        image and a sentence can be compared), else the input's pooled encoder output; only that input's
+        encoder runs, and rows lacking the input get a row of NaN. modality=None: the fused vector (a
+        contrastive model without a fusion: the mean of the row's shared-space vectors)."""
+        inputs = list(self.model.input_keys)
+        if modality is not None and modality not in inputs:
+            raise ValueError(f"unknown input {modality!r}; inputs: {sorted(inputs)}")
+        aligned = self._aligned()
+        if modality is not None:
+            space = aligned.embed if aligned is not None and modality in aligned.inputs else _pooled
+            vectors = self._collect(
+                rows, base_dir, lambda o, _: _masked(space(o)[modality], o.present[modality]), [modality]
+            )
+            return vectors["vectors"].numpy()
+        if self.model.fusion is not None:
+            fused = self._collect(
+                rows, base_dir, lambda o, _: {"vectors": torch.nn.functional.normalize(o.fused, dim=-1)}
+            )
+            return fused["vectors"].numpy()
+        assert aligned is not None
+        mean = self._collect(
+            rows, base_dir, lambda o, _: {"vectors": _mean_present(aligned.embed(o), o.present)}
+        )
+        return mean["vectors"].numpy()
+
+    def _aligned(self) -> Any:
+        found = self.model.objectives_for("embed")
+        return self.model.objective(found[0]) if found else None
+
+    def consistency(self, rows: Rows | Table, base_dir: Path | None = None) -> np.ndarray:
+        """(N,) probability that each row's inputs belong together (matching objective); NaN for rows with
+        fewer than two of the judged inputs."""
+        objective = self.model.objective(self._require("consistency"))
+        scores = self._collect(rows, base_dir, lambda o, _: objective.infer(o))
+        return scores["consistency"].numpy()
+
+    def zero_shot(
+        self,
+        rows: Rows | Table,
+        labels: Sequence[str],
+        *,
+        modality: str | None = None,
+        text_input: str | None = None,
+        templates: Sequence[str] = DEFAULT_TEMPLATES,
+        base_dir: Path | None = None,
+    ) -> pd.DataFrame:
+        """Classify rows by the label whose prompts lie nearest in the shared space (CLIP's zero-shot).
+
+        Each label is written into every template ("a photo of {}" → "a photo of seven"); the prompts'
+        text embeddings are averaged per label. `modality` is the input of `rows` to classify (default: the
+        one aligned non-text input); `text_input` the aligned text column (default: the only one).
+        Returns a `label` column and one probability column per label (softmax over the model's scale)."""
+        aligned: Any = self.model.objective(self._require("zero_shot"))
+        texts = [n for n in aligned.inputs if self.preprocessor.inputs[n] is Modality.TEXT]
+        text_input = text_input or (texts[0] if len(texts) == 1 else None)
+        if text_input is None or text_input not in texts:
+            raise ValueError(
+                f"zero-shot needs a text input aligned by the contrastive objective; pass text_input= one of "
+                f"{texts}"
+                if texts
+                else "zero-shot needs a text input among the contrastive inputs"
+            )
+        others = [n for n in aligned.inputs if n != text_input]
+        modality = modality or (others[0] if len(others) == 1 else None)
+        if modality not in others:
+            raise ValueError(f"pass modality= one of {others}: the input of the rows to classify")
+        if not labels or not templates:
+            raise ValueError("zero_shot needs at least one label and one template")
+        prompts: list[dict[str, Any]] = [
+            {text_input: template.format(label)} for label in labels for template in templates
+        ]
+        text = torch.from_numpy(self.embed(prompts, modality=text_input))  # (L·T, E)
+        classes = torch.nn.functional.normalize(text.view(len(labels), len(templates), -1).mean(1), dim=-1)
+        vectors = torch.from_numpy(self.embed(rows, modality=modality, base_dir=base_dir))  # (N, E)
+        probabilities = torch.softmax(aligned.scale().detach() * vectors @ classes.T, dim=-1)  # (N, L)
+        frame = pd.DataFrame(probabilities.numpy(), columns=[f"proba_{label}" for label in labels])
+        chosen = probabilities.argmax(-1).tolist()
+        missing = vectors.isnan().any(-1).tolist()
+        frame.insert(0, "label", [None if m else labels[i] for i, m in zip(chosen, missing, strict=True)])
+        return frame
 
     def evaluate(self, table: Table) -> dict[str, Any]:
-        """Metrics per target on a table that holds the target columns."""
-        outputs, targets, _, _ = collect_outputs(self.model, self._batches(table, True))
-        return score(outputs, targets, self.specs)
+        """Every objective's metrics on a table (targets needed by supervised and label-aware objectives)."""
+        return score_objectives(self.model, self._batches(table, True))
+
+
+def _pooled(output: ModelOutput) -> dict[str, torch.Tensor]:
+    return {n: torch.nn.functional.normalize(f.pooled, dim=-1) for n, f in output.features.items()}
+
+
+def _masked(vectors: torch.Tensor, present: torch.Tensor) -> dict[str, torch.Tensor]:
+    """{'vectors': (B, E)} with NaN rows where the input is absent (their values are padding)."""
+    return {"vectors": torch.where(present[:, None], vectors, float("nan"))}
+
+
+def _mean_present(vectors: dict[str, torch.Tensor], present: dict[str, torch.Tensor]) -> torch.Tensor:
+    """(B, E) normalised mean of each row's present inputs' vectors (NaN for a row with none)."""
+    names = sorted(vectors)
+    stacked = torch.stack([vectors[n] for n in names], dim=1)  # (B, M, E)
+    mask = torch.stack([present[n] for n in names], dim=1)  # (B, M)
+    total = torch.where(mask[..., None], stacked, 0.0).sum(1)
+    mean = torch.nn.functional.normalize(total, dim=-1)
+    return torch.where(mask.any(1, keepdim=True), mean, float("nan"))
 
 
 def load(directory: Path | str) -> Predictor:

@@ -2,11 +2,12 @@
 
 from __future__ import annotations
 
+from typing import Any
+
 import pytest
 import torch
 
 from polyfuse.data.preprocess import TargetSpec
-from polyfuse.models.model import ModelOutput
 from polyfuse.objectives.supervised import present_rows_loss, supervised_losses, target_loss
 
 CLASSES = TargetSpec(column="label", task="classification", classes=["a", "b", "c"])
@@ -51,31 +52,30 @@ def test_no_present_row_gives_zero_loss_and_a_zero_gradient() -> None:
     assert logits.grad is not None and torch.count_nonzero(logits.grad) == 0
 
 
-def _output(aux_logits: dict[str, torch.Tensor], present: dict[str, torch.Tensor]) -> ModelOutput:
+def _output(aux_logits: dict[str, torch.Tensor], present: dict[str, torch.Tensor]) -> dict[str, Any]:
+    """supervised_losses' model outputs: fused-head logits and per-input auxiliary logits."""
     fused_logits, _ = _example(CLASSES)
-    return ModelOutput(
-        logits={"label": fused_logits},
-        fused=torch.zeros(6, 4),
-        embeddings={},
-        aux_logits={name: {"label": logits} for name, logits in aux_logits.items()},
-        aux_present=present,
-    )
+    return {
+        "logits": {"label": fused_logits},
+        "aux_logits": {name: {"label": logits} for name, logits in aux_logits.items()},
+        "aux_present": present,
+    }
 
 
 def test_each_input_head_enters_with_the_full_aux_weight() -> None:
     logits, target = _example(CLASSES)
     everywhere = torch.ones(6, dtype=torch.bool)
     one = supervised_losses(
-        _output({"image": logits}, {"image": everywhere}),
-        {"label": target},
-        {"label": CLASSES},
+        targets={"label": target},
+        specs={"label": CLASSES},
         aux_weight=0.5,
+        **_output({"image": logits}, {"image": everywhere}),
     )
     two = supervised_losses(
-        _output({"image": logits, "audio": logits}, {"image": everywhere, "audio": everywhere}),
-        {"label": target},
-        {"label": CLASSES},
+        targets={"label": target},
+        specs={"label": CLASSES},
         aux_weight=0.5,
+        **_output({"image": logits, "audio": logits}, {"image": everywhere, "audio": everywhere}),
     )
     head_loss = target_loss(logits, target, CLASSES)
     torch.testing.assert_close(one["aux_loss"], head_loss)
@@ -90,8 +90,12 @@ def test_an_absent_input_does_not_train_its_aux_head_on_the_padding() -> None:
     garbage[~present] = torch.tensor([100.0, -100.0, 0.0])  # whatever the head says where there is no input
     specs, targets = {"label": CLASSES}, {"label": target}
 
-    clean = supervised_losses(_output({"audio": logits}, {"audio": present}), targets, specs, aux_weight=1.0)
-    noisy = supervised_losses(_output({"audio": garbage}, {"audio": present}), targets, specs, aux_weight=1.0)
+    clean = supervised_losses(
+        targets=targets, specs=specs, aux_weight=1.0, **_output({"audio": logits}, {"audio": present})
+    )
+    noisy = supervised_losses(
+        targets=targets, specs=specs, aux_weight=1.0, **_output({"audio": garbage}, {"audio": present})
+    )
 
     torch.testing.assert_close(clean["aux_loss"], noisy["aux_loss"])
     torch.testing.assert_close(clean["aux_loss"], target_loss(logits[present], target[present], CLASSES))

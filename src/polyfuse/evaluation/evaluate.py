@@ -1,48 +1,52 @@
-"""Run a model over a table and score it."""
+"""Run a model over batches and score every objective on them."""
 
 from __future__ import annotations
 
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from typing import Any
 
 import torch
 from torch import Tensor
 
 from polyfuse.data.batch import Batch
-from polyfuse.data.preprocess import TargetSpec
-from polyfuse.evaluation.metrics import target_metrics
-from polyfuse.models.model import MultimodalModel
+from polyfuse.models.model import ModelOutput, MultimodalModel
+
+RowsFn = Callable[[ModelOutput, Batch], dict[str, Tensor]]
 
 
 @torch.inference_mode()
-def collect_outputs(
-    model: MultimodalModel, batches: Iterable[Batch], with_targets: bool = True
-) -> tuple[dict[str, Tensor], dict[str, Tensor], Tensor, dict[str, Tensor]]:
-    """Concatenated head outputs, targets, fused vectors (N, D) and per-input embeddings, in row order."""
+def collect(
+    model: MultimodalModel, batches: Iterable[Batch], rows: RowsFn, inputs: list[str] | None = None
+) -> dict[str, Tensor]:
+    """Per-row tensors from `rows(output, batch)` for every batch, concatenated in row order (on CPU).
+
+    `inputs` limits the encoders that run (e.g. only the text encoder to embed a query)."""
     model.eval()
-    outputs: dict[str, list[Tensor]] = {}
-    targets: dict[str, list[Tensor]] = {}
-    fused: list[Tensor] = []
-    embeddings: dict[str, list[Tensor]] = {}
+    parts: dict[str, list[Tensor]] = {}
     for batch in batches:
-        result = model(batch)
-        for name, value in result.logits.items():
-            outputs.setdefault(name, []).append(value.float().cpu())
-        if with_targets:
-            for name, value in batch.targets.items():
-                targets.setdefault(name, []).append(value.cpu())
-        fused.append(result.fused.float().cpu())
-        for name, value in result.embeddings.items():
-            embeddings.setdefault(name, []).append(value.float().cpu())
-    return _cat(outputs), _cat(targets), torch.cat(fused) if fused else torch.zeros(0), _cat(embeddings)
-
-
-def _cat(parts: dict[str, list[Tensor]]) -> dict[str, Tensor]:
+        output = model.encode(batch, inputs)
+        for name, value in rows(output, batch).items():
+            value = value.detach().cpu()
+            parts.setdefault(name, []).append(value.float() if value.is_floating_point() else value)
     return {k: torch.cat(v) for k, v in parts.items()}
 
 
-def score(
-    outputs: dict[str, Tensor], targets: dict[str, Tensor], specs: dict[str, TargetSpec]
-) -> dict[str, Any]:
-    """target → metrics."""
-    return {name: target_metrics(outputs[name], targets[name], spec) for name, spec in specs.items()}
+def score_objectives(model: MultimodalModel, batches: Iterable[Batch]) -> dict[str, Any]:
+    """Every objective's metrics on the batches, merged: {section: {metric: value}} (supervised sections
+    are target names; contrastive adds retrieval_<a>_to_<b>; matching adds consistency)."""
+    names = list(model.objectives)
+
+    def eval_rows(output: ModelOutput, batch: Batch) -> dict[str, Tensor]:
+        merged = {}
+        for name in names:
+            for key, value in model.objective(name).eval_rows(output, batch).items():
+                merged[f"{name}:{key}"] = value
+        return merged
+
+    rows = collect(model, batches, eval_rows)
+    results: dict[str, Any] = {}
+    for name in names:
+        prefix = f"{name}:"
+        own = {k[len(prefix) :]: v for k, v in rows.items() if k.startswith(prefix)}
+        results.update(model.objective(name).score(own))
+    return results

@@ -1,10 +1,11 @@
-"""The multimodal model: encoders per input → fusion → one head per target (+ optional auxiliary heads)."""
+"""The multimodal model: encoders per input → fusion (when needed) → objectives (each owns its heads)."""
 
 from __future__ import annotations
 
 import inspect
 import re
-from dataclasses import dataclass, field
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from typing import Any
 
 import torch
@@ -13,22 +14,53 @@ from torch import Tensor, nn
 from polyfuse.config import RunConfig
 from polyfuse.data.batch import Batch
 from polyfuse.data.modalities.tabular import CategoryVocab
-from polyfuse.data.preprocess import Preprocessor, TargetSpec
+from polyfuse.data.preprocess import Preprocessor
 from polyfuse.data.schema import Modality
 from polyfuse.models.encoders import DEFAULT_ENCODERS, create_encoder
 from polyfuse.models.frozen_cache import FrozenOutputCache
 from polyfuse.models.fusion import create_fusion
-from polyfuse.models.heads import TaskHead
 from polyfuse.models.outputs import EncoderOutput
+from polyfuse.objectives.base import Objective, ObjectiveContext
 
 
-@dataclass
 class ModelOutput:
-    logits: dict[str, Tensor]  # target → (B, C) / (B, L) logits, or (B,) standardised regression values
-    fused: Tensor  # (B, D) the fused representation
-    embeddings: dict[str, Tensor]  # input name → pooled encoder output (B, D_m)
-    aux_logits: dict[str, dict[str, Tensor]] = field(default_factory=dict)  # input → target → logits
-    aux_present: dict[str, Tensor] = field(default_factory=dict)  # input → (B,) bool: rows that have it
+    """What the model computes for a batch before any objective: per-input encoder outputs and presence.
+
+    features[name]: EncoderOutput (tokens (B, T, D_m), token_mask (B, T), pooled (B, D_m)) per input
+    present[name]:  bool (B,), False where the row lacks that input
+    fused:          (B, D) the fused representation, computed on first use (objectives that do not need it
+                    never pay for it); only models built with a fusion have one
+    """
+
+    def __init__(
+        self,
+        features: dict[str, EncoderOutput],
+        present: dict[str, Tensor],
+        fuse: Callable[..., Tensor] | None,
+    ) -> None:
+        self.features = features
+        self.present = present
+        self._fuse = fuse
+        self._fused: Tensor | None = None
+
+    @property
+    def fused(self) -> Tensor:
+        if self._fused is None:
+            self._fused = self.fuse(self.features, self.present)
+        return self._fused
+
+    def fuse(
+        self,
+        features: dict[str, EncoderOutput],
+        present: dict[str, Tensor],
+        *,
+        modality_dropout: bool = True,
+    ) -> Tensor:
+        """Fuse other features (e.g. with one input swapped across rows, for matching negatives);
+        `modality_dropout=False` shows the fusion exactly the inputs given, in training too."""
+        if self._fuse is None:
+            raise RuntimeError("this model has no fusion: none of its objectives reads a fused vector")
+        return self._fuse(features, present, modality_dropout=modality_dropout)
 
 
 def module_key(name: str) -> str:
@@ -37,12 +69,14 @@ def module_key(name: str) -> str:
 
 
 class MultimodalModel(nn.Module):
+    """Encoders per input → (fusion, when an objective needs one) → objectives, each with its own heads."""
+
     def __init__(
         self,
         encoders: dict[str, nn.Module],
-        fusion: nn.Module,
-        heads: dict[str, nn.Module],
-        aux_heads: dict[str, dict[str, nn.Module]] | None = None,
+        fusion: nn.Module | None,
+        objectives: dict[str, nn.Module],
+        weights: dict[str, float] | None = None,
     ) -> None:
         super().__init__()
         keys = {name: module_key(name) for name in sorted(encoders)}
@@ -52,14 +86,16 @@ class MultimodalModel(nn.Module):
         self.encoders = nn.ModuleDict({keys[n]: encoders[n] for n in sorted(encoders)})
         self.frozen_caches: dict[str, FrozenOutputCache] = {}  # see cache_frozen_encoders
         self.fusion = fusion
-        self.target_keys = {name: module_key(name) for name in sorted(heads)}
-        self.heads = nn.ModuleDict({self.target_keys[n]: heads[n] for n in sorted(heads)})
-        self.aux_heads = nn.ModuleDict(
-            {
-                keys[i]: nn.ModuleDict({self.target_keys[t]: h for t, h in per_target.items()})
-                for i, per_target in (aux_heads or {}).items()
-            }
-        )
+        self.objectives = nn.ModuleDict(objectives)  # in config order: losses are summed in this order
+        self.objective_weights = {name: (weights or {}).get(name, 1.0) for name in objectives}
+
+    def objective(self, name: str) -> Objective:
+        objective: Objective = self.objectives[name]  # type: ignore[assignment]
+        return objective
+
+    def objectives_for(self, capability: str) -> list[str]:
+        """Names of the objectives that make `capability` (e.g. "consistency") possible."""
+        return [n for n in self.objectives if capability in self.objective(n).capabilities]
 
     def cache_frozen_encoders(self, max_rows: int = 100_000) -> list[str]:
         """Reuse frozen encoders' outputs per distinct input row from now on; returns the inputs cached.
@@ -73,32 +109,57 @@ class MultimodalModel(nn.Module):
         }
         return [name for name, key in self.input_keys.items() if key in self.frozen_caches]
 
-    def encode(self, batch: Batch) -> tuple[dict[str, EncoderOutput], dict[str, Tensor]]:
-        """Per-input encoder outputs and presence masks, keyed by module key."""
+    def encode(self, batch: Batch, inputs: list[str] | None = None) -> ModelOutput:
+        """Run the encoders (all, or only `inputs`); the fused vector is computed when first read."""
         features = {}
         present = {}
         caches = self.frozen_caches
-        for name, key in self.input_keys.items():
-            inputs = batch.inputs[name]
+        for name in inputs if inputs is not None else self.input_keys:
+            key = self.input_keys[name]
+            values = batch.inputs[name]
             cache = caches.get(key)
-            features[key] = cache(self.encoders[key], inputs) if cache else self.encoders[key](inputs)
-            present[key] = inputs.present
-        return features, present
+            features[name] = cache(self.encoders[key], values) if cache else self.encoders[key](values)
+            present[name] = values.present
+        return ModelOutput(features, present, self._fuse if self.fusion is not None else None)
+
+    def _fuse(
+        self, features: dict[str, EncoderOutput], present: dict[str, Tensor], *, modality_dropout: bool
+    ) -> Tensor:
+        assert self.fusion is not None
+        keyed = {self.input_keys[n]: f for n, f in features.items()}
+        keyed_present = {self.input_keys[n]: p for n, p in present.items()}
+        if modality_dropout:
+            return self.fusion(keyed, keyed_present)  # type: ignore[no-any-return]
+        with _no_modality_dropout(self.fusion):
+            return self.fusion(keyed, keyed_present)  # type: ignore[no-any-return]
 
     def forward(self, batch: Batch) -> ModelOutput:
-        features, present = self.encode(batch)
-        fused = self.fusion(features, present)  # (B, D)
-        logits = {t: self.heads[k](fused) for t, k in self.target_keys.items()}
-        embeddings = {name: features[key].pooled for name, key in self.input_keys.items()}
-        aux = {}
-        aux_present = {}
-        for name, key in self.input_keys.items():
-            if key in self.aux_heads:
-                pooled = features[key].pooled
-                per_target: nn.ModuleDict = self.aux_heads[key]  # type: ignore[assignment]
-                aux[name] = {t: per_target[k](pooled) for t, k in self.target_keys.items()}
-                aux_present[name] = present[key]
-        return ModelOutput(logits, fused, embeddings, aux, aux_present)
+        return self.encode(batch)
+
+    def losses(self, output: ModelOutput, batch: Batch) -> dict[str, Tensor]:
+        """Every objective's named losses, its total as "<objective>_loss", and the weighted "loss"."""
+        losses: dict[str, Tensor] = {}
+        total: Tensor | None = None
+        for name in self.objectives:
+            parts = self.objective(name).losses(output, batch)
+            objective_total = parts.pop("loss")
+            losses.update(parts)
+            losses[f"{name}_loss"] = objective_total
+            weighted = self.objective_weights[name] * objective_total
+            total = weighted if total is None else total + weighted
+        assert total is not None, "a model has at least one objective"
+        losses["loss"] = total
+        return losses
+
+
+@contextmanager
+def _no_modality_dropout(fusion: nn.Module) -> Iterator[None]:
+    saved = getattr(fusion, "modality_dropout", 0.0)
+    setattr(fusion, "modality_dropout", 0.0)  # noqa: B010 (a float attribute, not a submodule)
+    try:
+        yield
+    finally:
+        setattr(fusion, "modality_dropout", saved)  # noqa: B010
 
 
 # Constructor arguments an encoder may need from the fitted data; each is passed only when the encoder's
@@ -146,32 +207,41 @@ def build_encoder(
 
 
 def build_model(config: RunConfig, preprocessor: Preprocessor) -> MultimodalModel:
-    """Encoders for every input, the configured fusion over them, and a head per target."""
+    """Encoders for every input, the configured fusion over them (when an objective reads a fused
+    vector), and the configured objectives with their heads."""
+    from polyfuse.objectives import OBJECTIVES, create_objective
+
     torch.manual_seed(config.training.seed)  # the same config always starts from the same weights
     encoders = {
         name: build_encoder(config, name, modality, preprocessor)
         for name, modality in preprocessor.inputs.items()
     }
     keys = {name: module_key(name) for name in encoders}
-    fusion = create_fusion(
-        config.fusion.name,
-        {keys[n]: int(e.output_dim) for n, e in encoders.items()},  # type: ignore[arg-type]
-        config.fusion.output_dim,
-        modality_dropout=config.fusion.modality_dropout,
-        **config.fusion.options,
+    dims = {n: int(e.output_dim) for n, e in encoders.items()}  # type: ignore[arg-type]
+    needs_fusion = any(
+        getattr(OBJECTIVES[o.name], "needs_fusion", True) for o in config.objectives if o.name in OBJECTIVES
     )
-    specs: dict[str, TargetSpec] = preprocessor.state.targets
-    heads: dict[str, nn.Module] = {
-        t: TaskHead(config.fusion.output_dim, spec, config.head(t).hidden_dim, config.head(t).dropout)
-        for t, spec in specs.items()
-    }
-    aux: dict[str, dict[str, nn.Module]] = {}
-    if config.training.aux_loss_weight > 0 and len(encoders) > 1:
-        aux = {
-            name: {t: TaskHead(int(e.output_dim), spec, 0, 0.0) for t, spec in specs.items()}  # type: ignore[arg-type]
-            for name, e in encoders.items()
-        }
-    return MultimodalModel(encoders, fusion, heads, aux)  # type: ignore[arg-type]
+    fusion = (
+        create_fusion(
+            config.fusion.name,
+            {keys[n]: d for n, d in dims.items()},
+            config.fusion.output_dim,
+            modality_dropout=config.fusion.modality_dropout,
+            **config.fusion.options,
+        )
+        if needs_fusion
+        else None
+    )
+    context = ObjectiveContext(
+        inputs=dict(preprocessor.inputs),
+        input_dims=dims,
+        fused_dim=config.fusion.output_dim,
+        targets=dict(preprocessor.state.targets),
+        config=config,
+    )
+    objectives = {o.name: create_objective(o.name, context, **o.options) for o in config.objectives}
+    weights = {o.name: o.weight for o in config.objectives}
+    return MultimodalModel(encoders, fusion, objectives, weights)  # type: ignore[arg-type]
 
 
 def count_parameters(model: nn.Module, trainable_only: bool = False) -> int:

@@ -11,9 +11,7 @@ from torch import Tensor
 
 from polyfuse.config import TrainingConfig
 from polyfuse.data.batch import Batch
-from polyfuse.data.preprocess import TargetSpec
 from polyfuse.models.model import ModelOutput, MultimodalModel
-from polyfuse.objectives.supervised import supervised_losses
 
 
 def warmup_cosine(step: int, total_steps: int, warmup_steps: int, min_ratio: float) -> float:
@@ -25,31 +23,21 @@ def warmup_cosine(step: int, total_steps: int, warmup_steps: int, min_ratio: flo
 
 
 class PolyfuseModule(L.LightningModule):
+    """Runs the model's objectives; knows nothing of any one of them."""
+
     def __init__(
         self,
         model: MultimodalModel,
-        specs: dict[str, TargetSpec],
         training: TrainingConfig,
         *,
         total_steps: int,
-        class_weights: dict[str, Tensor | None] | None = None,
-        loss_weights: dict[str, float] | None = None,
         extra_state: dict[str, Any] | None = None,
     ) -> None:
         super().__init__()
         self.model = model
-        self.specs = specs
         self.training_config = training
         self.total_steps = total_steps
-        self.loss_weights = loss_weights or {}
         self.extra_state = extra_state or {}  # saved into every checkpoint (config, preprocessing)
-        # Buffers, so they follow the module to its device; names are safe keys of the targets.
-        self.class_weight_names: dict[str, str] = {}
-        for i, (target, weight) in enumerate((class_weights or {}).items()):
-            if weight is not None:
-                name = f"class_weight_{i}"
-                self.register_buffer(name, weight)
-                self.class_weight_names[target] = name
 
     def forward(self, batch: Batch) -> ModelOutput:
         output: ModelOutput = self.model(batch)
@@ -57,16 +45,7 @@ class PolyfuseModule(L.LightningModule):
 
     def _losses(self, batch: Batch) -> tuple[ModelOutput, dict[str, Tensor]]:
         output = self(batch)
-        weights = {t: getattr(self, n) for t, n in self.class_weight_names.items()}
-        losses = supervised_losses(
-            output,
-            batch.targets,
-            self.specs,
-            class_weights=weights,
-            loss_weights=self.loss_weights,
-            aux_weight=self.training_config.aux_loss_weight,
-        )
-        return output, losses
+        return output, self.model.losses(output, batch)
 
     def on_train_epoch_start(self) -> None:
         # Dropout and modality dropout draw from the global RNG: seed it from (seed, epoch, rank) so an
@@ -97,10 +76,9 @@ class PolyfuseModule(L.LightningModule):
     def validation_step(self, batch: Batch, batch_idx: int) -> None:
         output, losses = self._losses(batch)
         metrics = {f"val_{k}": v for k, v in losses.items()}
-        for target, spec in self.specs.items():
-            if spec.task == "classification":
-                correct = (output.logits[target].argmax(-1) == batch.targets[target]).float().mean()
-                metrics[f"val_{target}_accuracy"] = correct
+        for name in self.model.objectives:
+            step = self.model.objective(name).step_metrics(output, batch)
+            metrics.update({f"val_{k}": v for k, v in step.items()})
         self.log_dict(metrics, on_epoch=True, batch_size=len(batch), prog_bar=True, sync_dist=True)
 
     def configure_optimizers(self) -> Any:

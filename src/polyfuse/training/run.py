@@ -25,12 +25,13 @@ import torch
 from polyfuse.artifact import save_model
 from polyfuse.atomic import atomic_write_text
 from polyfuse.config import RunConfig
+from polyfuse.data.errors import DataError
 from polyfuse.data.prepare import PreparedData, prepare_data
 from polyfuse.data.preprocess import Preprocessor
-from polyfuse.evaluation.evaluate import collect_outputs, score
+from polyfuse.evaluation.evaluate import score_objectives
 from polyfuse.models.model import MultimodalModel, build_model, count_parameters
-from polyfuse.objectives.supervised import balanced_class_weights
 from polyfuse.training.data import make_loader
+from polyfuse.training.init_from import init_from
 
 CHECKPOINTS = "checkpoints"
 
@@ -72,10 +73,11 @@ def train(
     resume_from = last if resume and last.exists() else None
     if resume and resume_from is None:
         log(f"no checkpoint at {last}: starting from scratch")
-    if not config.data.targets:
-        raise ValueError(
-            "data.targets is empty: name at least one target column (polyfuse init --target COL)"
-        )
+    from polyfuse.init_config import check_config
+
+    problems = check_config(config)
+    if problems:
+        raise DataError(problems)
 
     prepared = prepare_data(config.data, show_progress=show_progress)
     if prepared.dropped_rows:
@@ -101,24 +103,20 @@ def train(
     val_loader = make_loader(val_table, preprocessor, train=False, **loader_args) if len(val_table) else None  # type: ignore[arg-type]
 
     model = build_model(config, preprocessor)
+    if training.init_from is not None and resume_from is None:
+        copied = init_from(model, training.init_from)
+        log(f"initialised from {training.init_from}: {', '.join(copied)}")
     if training.cache_frozen_outputs:
         cached = model.cache_frozen_encoders()
         if cached:
             log(f"frozen encoders run once per distinct row (outputs cached): {', '.join(cached)}")
-    specs = preprocessor.state.targets
-    class_weights = (
-        _class_weights(config, prepared, preprocessor)
-        if any(config.head(t).class_weights == "balanced" for t in specs)
-        else {}
-    )
+    for name in model.objectives:
+        model.objective(name).fit_data(train_table, preprocessor)
     steps_per_epoch = math.ceil(len(train_loader) / training.accumulate_grad_batches)
     module = PolyfuseModule(
         model,
-        specs,
         training,
         total_steps=steps_per_epoch * training.epochs,
-        class_weights=class_weights,
-        loss_weights={t: config.head(t).loss_weight for t in specs},
         extra_state={"config": config.to_yaml(), "preprocessing": preprocessor.to_json()},
     )
     monitor = training.monitor if val_loader is not None else "train_loss_epoch"
@@ -201,28 +199,8 @@ def evaluate_splits(
         if len(table) == 0:
             continue
         loader = make_loader(table, preprocessor, batch_size=batch_size, train=False)
-        outputs, targets, _, _ = collect_outputs(model, loader)
-        results[split] = score(outputs, targets, preprocessor.state.targets)
+        results[split] = score_objectives(model, loader)
     return results
-
-
-def _class_weights(
-    config: RunConfig, prepared: PreparedData, preprocessor: Preprocessor
-) -> dict[str, torch.Tensor | None]:
-    train_table = prepared.split("train")
-    weights: dict[str, torch.Tensor | None] = {}
-    for target, spec in preprocessor.state.targets.items():
-        if config.head(target).class_weights != "balanced" or spec.task == "regression":
-            weights[target] = None
-            continue
-        values = torch.stack(
-            [
-                preprocessor.encode_targets({str(k): v for k, v in r.items()})[target]
-                for r in train_table.frame.to_dict("records")
-            ]
-        )
-        weights[target] = balanced_class_weights(values, spec)
-    return weights
 
 
 def _quiet_lightning() -> None:
