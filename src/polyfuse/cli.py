@@ -18,7 +18,9 @@ app = typer.Typer(
 data_app = typer.Typer(help="Look at a table before training on it.", no_args_is_help=True)
 datasets_app = typer.Typer(help="Build ready-made benchmark tables.", no_args_is_help=True)
 build_app = typer.Typer(help="Build a dataset table from its sources.", no_args_is_help=True)
+index_app = typer.Typer(help="Embed a table into a searchable index.", no_args_is_help=True)
 app.add_typer(data_app, name="data")
+app.add_typer(index_app, name="index")
 app.add_typer(datasets_app, name="datasets")
 datasets_app.add_typer(build_app, name="build")
 
@@ -166,7 +168,18 @@ def build_synthetic_command(
 @app.command("init")
 def init_command(
     table: TableArg,
-    target: Annotated[list[str], typer.Option("--target", "-t", help="target column (repeatable)")],
+    target: Annotated[
+        list[str] | None,
+        typer.Option("--target", "-t", help="target column (repeatable); a supervised head predicts it"),
+    ] = None,
+    objective: Annotated[
+        list[str] | None,
+        typer.Option(
+            "--objective",
+            help="supervised (default), contrastive (a shared embedding space: search, zero-shot), matching "
+            "(a consistency score); repeatable",
+        ),
+    ] = None,
     output: Annotated[Path, typer.Option("--output", "-o", help="config file to write")] = Path(
         "config.yaml"
     ),
@@ -184,12 +197,20 @@ def init_command(
     if output.exists() and not force:
         raise DataError(f"{output} exists; pass --force to overwrite it")
     config = init_config(
-        table, target, output, overrides=_parse_overrides(column or []), fusion=fusion, preset=preset
+        table,
+        target or [],
+        output,
+        overrides=_parse_overrides(column or []),
+        fusion=fusion,
+        preset=preset,
+        objectives=objective,
     )
     atomic_write_text(output, relative_to_config(config, output).to_yaml())
     inputs = ", ".join(f"{n} ({e.name})" for n, e in config.encoders.items())
+    objectives = ", ".join(o.name for o in config.objectives)
     console.print(
-        f"wrote {output}: inputs {inputs}; targets {', '.join(config.data.targets)}; fusion {config.fusion.name}"
+        f"wrote {output}: inputs {inputs}; targets {', '.join(config.data.targets) or 'none'}; "
+        f"objectives {objectives}; fusion {config.fusion.name}"
     )
 
 
@@ -219,6 +240,13 @@ def train_command(
     seed: Annotated[int | None, typer.Option(help="override training.seed")] = None,
     fusion: Annotated[str | None, typer.Option(help="override fusion.name")] = None,
     drop_invalid: Annotated[bool, typer.Option(help="drop rows with problems instead of failing")] = False,
+    init_from: Annotated[
+        Path | None,
+        typer.Option(
+            help="start from another model's encoders (matched by input name): its model directory or run "
+            "folder; override training.init_from"
+        ),
+    ] = None,
 ) -> None:
     """Train a model; writes RUN_DIR/model (and checkpoints, logs, metrics.json)."""
     from polyfuse.config import load_config
@@ -227,7 +255,9 @@ def train_command(
 
     config = load_config(config_path)
     training = config.training.model_copy(
-        update={k: v for k, v in {"epochs": epochs, "seed": seed}.items() if v is not None}
+        update={
+            k: v for k, v in {"epochs": epochs, "seed": seed, "init_from": init_from}.items() if v is not None
+        }
     )
     updates: dict[str, object] = {"training": training}
     if fusion is not None:
@@ -293,6 +323,89 @@ def predict_command(
 
     frame = predict_table(model_dir, table, output, split=split, show_progress=sys.stderr.isatty())
     console.print(f"wrote {len(frame)} predictions to {output}")
+
+
+@index_app.command("build")
+def index_build_command(
+    model_dir: Annotated[Path, typer.Argument(help="model directory of a contrastive model")],
+    table: TableArg,
+    output: Annotated[Path, typer.Option("--output", "-o", help="index folder to write")],
+    input_name: Annotated[
+        list[str] | None,
+        typer.Option("--input", help="input column to index (repeatable; default: all aligned)"),
+    ] = None,
+    split: Annotated[str | None, typer.Option(help="only rows of this split")] = None,
+    chunk_rows: Annotated[int, typer.Option(help="rows embedded per resumable chunk")] = 2048,
+    faiss: Annotated[
+        str, typer.Option(help="auto (FAISS IVF for large collections when installed), ivf, hnsw, off")
+    ] = "auto",
+    faiss_min_rows: Annotated[int, typer.Option(help="'auto' builds FAISS from this many vectors")] = 50_000,
+) -> None:
+    """Embed TABLE with the model into an index (resumable: rerun the same command after an interruption)."""
+    from polyfuse.predict import Predictor
+    from polyfuse.progress import progress_bar
+    from polyfuse.retrieval import index_model
+
+    if faiss not in ("auto", "ivf", "hnsw", "off"):
+        raise DataError(f"--faiss must be auto, ivf, hnsw or off, got {faiss!r}")
+    predictor = Predictor(model_dir)
+    from polyfuse.data.table import read_table
+
+    total = len(read_table(table))
+    with progress_bar("embedding", total=total, enabled=sys.stderr.isatty()) as advance:
+        info = index_model(
+            predictor,
+            table,
+            output,
+            inputs=input_name,
+            split=split,
+            chunk_rows=chunk_rows,
+            faiss=faiss,  # type: ignore[arg-type]
+            faiss_min_rows=faiss_min_rows,
+            progress=advance,
+            log=console.print,
+        )
+    for name, meta in info["inputs"].items():
+        console.print(f"{name}: {meta['rows']:,} vectors of {meta['dim']} ({meta['kind']})")
+    console.print(f"wrote {output} ({info['embed_rows_per_second']:,} rows/s embedded)")
+
+
+@app.command("search")
+def search_command(
+    index_dir: Annotated[Path, typer.Argument(help="index folder (polyfuse index build)")],
+    text: Annotated[str | None, typer.Option(help="query text")] = None,
+    image: Annotated[Path | None, typer.Option(help="query image file")] = None,
+    audio: Annotated[Path | None, typer.Option(help="query audio file")] = None,
+    k: Annotated[int, typer.Option(help="hits to show")] = 10,
+    modality: Annotated[
+        str | None, typer.Option(help="indexed input to search (default: the one that is not the query's)")
+    ] = None,
+) -> None:
+    """Find the rows nearest to a text, an image or a sound, across modalities."""
+    from polyfuse.predict import Predictor
+    from polyfuse.retrieval import Index
+
+    given = {"text": text, "image": image, "audio": audio}
+    chosen = [(kind, value) for kind, value in given.items() if value is not None]
+    if len(chosen) != 1:
+        raise DataError("give exactly one query: --text, --image or --audio")
+    kind, value = chosen[0]
+    index = Index.load(index_dir)
+    predictor = Predictor(index.model_dir)
+    columns = [n for n, m in predictor.preprocessor.inputs.items() if m.value == kind]
+    if not columns:
+        raise DataError(f"the model has no {kind} input; its inputs: {dict(predictor.preprocessor.inputs)}")
+    query = {columns[0]: str(Path(value).resolve()) if kind != "text" else value}
+    hits = predictor.search(index, query, target=modality, k=k)
+    columns = [c for c in hits.columns if c not in ("rank", "score", "row")]
+    for hit in hits.to_dict("records"):
+        cells = "  ".join(f"{c}={_short(hit[c])}" for c in columns)
+        console.print(f"{hit['rank']:>3}. {hit['score']:.4f}  row {hit['row']}  {cells}", markup=False)
+
+
+def _short(value: object, width: int = 40) -> str:
+    text = str(value)
+    return text if len(text) <= width else text[: width - 1] + "…"
 
 
 def main() -> None:

@@ -16,8 +16,13 @@ from polyfuse.predict import Predictor
 
 def _rows(predictor: Predictor, table_path: Path, split: str | None) -> Table:
     table = read_table(table_path)
+    return table.subset(split_positions(predictor, table, table_path, split))
+
+
+def split_positions(predictor: Predictor, table: Table, table_path: Path, split: str | None) -> list[int]:
+    """Positions of the table's rows in `split` (all rows when None), by the model's split column."""
     if split is None:
-        return table
+        return list(range(len(table)))
     column = predictor.config.data.split.column
     if column not in table.frame.columns:
         raise DataError(
@@ -25,10 +30,10 @@ def _rows(predictor: Predictor, table_path: Path, split: str | None) -> Table:
         )
     wanted = SPLIT_ALIASES.get(split.lower(), split.lower())
     names = table.frame[column].astype(str).str.strip().str.lower().map(lambda v: SPLIT_ALIASES.get(v, v))
-    rows = list(names.index[names == wanted])
+    rows = [int(r) for r in names.index[names == wanted]]
     if not rows:
         raise DataError([Problem(f"no rows with split '{split}'", column=column, file=str(table_path))])
-    return table.subset(rows)
+    return rows
 
 
 def evaluate_table(

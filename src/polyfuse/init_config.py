@@ -8,7 +8,7 @@ from collections import Counter
 from pathlib import Path
 from typing import Any
 
-from polyfuse.config import EncoderConfig, FusionConfig, RunConfig
+from polyfuse.config import EncoderConfig, FusionConfig, ObjectiveConfig, RunConfig
 from polyfuse.data.errors import DataError, MediaError, Problem
 from polyfuse.data.infer import infer_schema
 from polyfuse.data.media import is_missing, resolve_media
@@ -21,6 +21,7 @@ from polyfuse.data.splits import SplitConfig
 from polyfuse.data.table import Table, read_table
 from polyfuse.models.encoders import DEFAULT_ENCODERS, ENCODERS, list_encoders
 from polyfuse.models.fusion import FUSIONS, list_fusions
+from polyfuse.objectives import OBJECTIVES, list_objectives, objective_options
 from polyfuse.presets import preprocessing_preset
 
 SNIFF_FILES = 20  # media files opened to pick image size/mode and audio sample rate
@@ -34,9 +35,20 @@ def init_config(
     overrides: dict[str, str] | None = None,
     fusion: str = "gated",
     preset: str | None = None,
+    objectives: list[str] | None = None,
 ) -> RunConfig:
     """A complete config for `table_path`, with defaults chosen from the inferred schema and a look at a
-    few media files (native image size and colour mode, native audio sample rate)."""
+    few media files (native image size and colour mode, native audio sample rate).
+
+    `objectives` (default: supervised) may add contrastive and / or matching. Without a target, such a
+    config trains no supervised head; a label column the table has (given or inferred) is still read, so
+    that rows of one class are not each other's negatives and retrieval is scored at class level."""
+    objectives = list(dict.fromkeys(objectives or ["supervised"]))
+    unknown = [o for o in objectives if o not in OBJECTIVES]
+    if unknown:
+        raise DataError(f"unknown objective(s) {unknown}; choose from {list_objectives()}")
+    if targets and "supervised" not in objectives:
+        objectives.insert(0, "supervised")  # a target given: a supervised head is trained beside
     table = read_table(table_path)
     columns = dict(overrides or {})
     for t in targets:
@@ -49,7 +61,7 @@ def init_config(
         )
     if not targets:
         targets = schema.columns_of(Role.LABEL)[:1]
-        if not targets:
+        if not targets and "supervised" in objectives:
             raise DataError("no target column given or inferred; pass --target COLUMN")
     split_columns = schema.columns_of(Role.SPLIT)
     if split_columns:
@@ -68,8 +80,20 @@ def init_config(
         name: EncoderConfig(name=DEFAULT_ENCODERS[modality.value], trainable=modality is not Modality.TEXT)
         for name, modality in schema.input_names().items()
     }
-    config = RunConfig(data=data, encoders=encoders, fusion=FusionConfig(name=fusion))
-    return config
+    label = targets[0] if targets else None
+    return RunConfig(
+        data=data,
+        encoders=encoders,
+        fusion=FusionConfig(name=fusion),
+        objectives=[_objective_config(name, label) for name in objectives],
+    )
+
+
+def _objective_config(name: str, label: str | None) -> ObjectiveConfig:
+    """Defaults per objective; alignment objectives read the label column when the table has one."""
+    if name in ("contrastive", "matching") and label is not None:
+        return ObjectiveConfig(name=name, options={"label_column": label})
+    return ObjectiveConfig(name=name)
 
 
 def relative_to_config(config: RunConfig, config_path: Path) -> RunConfig:
@@ -172,8 +196,7 @@ def check_config(config: RunConfig, *, check_table: bool = True) -> list[Problem
             problems.append(
                 Problem(f"field 'heads.{target}': not a target; targets: {list(config.data.targets)}")
             )
-    if not config.data.targets:
-        problems.append(Problem("field 'data.targets': name at least one target column"))
+    problems += check_objectives(config)
     if check_table:
         try:
             table = read_table(config.data.table)
@@ -208,8 +231,85 @@ def check_config(config: RunConfig, *, check_table: bool = True) -> list[Problem
                             f"field 'encoders.{name}.name': '{encoder.name}' does not encode {inputs[name].value}"
                         )
                     )
+            problems += check_objective_inputs(config, list(inputs))
         except DataError as e:
             problems += e.problems
+    return problems
+
+
+def check_objectives(config: RunConfig) -> list[Problem]:
+    """Objective names, options and the targets they need (without the table)."""
+    problems: list[Problem] = []
+    if not config.objectives:
+        problems.append(Problem("field 'objectives': name at least one objective, e.g. supervised"))
+    names = [o.name for o in config.objectives]
+    for i, objective in enumerate(config.objectives):
+        field = f"objectives.{i}"
+        if objective.name not in OBJECTIVES:
+            problems.append(
+                Problem(
+                    f"field '{field}.name': unknown objective '{objective.name}'; choose one of {list_objectives()}"
+                )
+            )
+            continue
+        if names.count(objective.name) > 1 and names.index(objective.name) == i:
+            problems.append(Problem(f"field '{field}.name': objective '{objective.name}' is listed twice"))
+        allowed = objective_options(objective.name)
+        for key in objective.options:
+            if key not in allowed:
+                problems.append(
+                    Problem(f"field '{field}.options.{key}': not an option; options are {allowed}")
+                )
+        label = objective.options.get("label_column")
+        if label is not None and label not in config.data.targets:
+            problems.append(
+                Problem(
+                    f"field '{field}.options.label_column': '{label}' must also be listed under data.targets "
+                    f"(targets: {list(config.data.targets)})"
+                )
+            )
+        wanted = objective.options.get("targets")
+        for target in wanted or []:
+            if target not in config.data.targets:
+                problems.append(
+                    Problem(f"field '{field}.options.targets': '{target}' is not under data.targets")
+                )
+    if "supervised" in names and not config.data.targets:
+        problems.append(
+            Problem(
+                "field 'data.targets': the supervised objective needs at least one target column "
+                "(polyfuse init --target COL), or train an alignment model (objectives: [contrastive])"
+            )
+        )
+    return problems
+
+
+def check_objective_inputs(config: RunConfig, inputs: list[str]) -> list[Problem]:
+    """The inputs an objective names exist in the table, and alignment has at least two to align."""
+    problems: list[Problem] = []
+    for i, objective in enumerate(config.objectives):
+        if objective.name not in ("contrastive", "matching"):
+            continue
+        chosen = objective.options.get("inputs") or inputs
+        for name in chosen:
+            if name not in inputs:
+                problems.append(
+                    Problem(
+                        f"field 'objectives.{i}.options.inputs': '{name}' is not an input; inputs: {inputs}"
+                    )
+                )
+        if len(set(chosen)) < 2:
+            problems.append(
+                Problem(
+                    f"field 'objectives.{i}': {objective.name} needs at least two inputs to align, the table "
+                    f"has {inputs}"
+                )
+            )
+        anchor = objective.options.get("anchor")
+        if anchor is not None and anchor not in chosen:
+            problems.append(
+                Problem(f"field 'objectives.{i}.options.anchor': '{anchor}' is not among its inputs {chosen}")
+            )
     return problems
 
 

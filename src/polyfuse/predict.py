@@ -153,16 +153,9 @@ class Predictor:
         image and a sentence can be compared), else the input's pooled encoder output; only that input's
         encoder runs, and rows lacking the input get a row of NaN. modality=None: the fused vector (a
         contrastive model without a fusion: the mean of the row's shared-space vectors)."""
-        inputs = list(self.model.input_keys)
-        if modality is not None and modality not in inputs:
-            raise ValueError(f"unknown input {modality!r}; inputs: {sorted(inputs)}")
-        aligned = self._aligned()
         if modality is not None:
-            space = aligned.embed if aligned is not None and modality in aligned.inputs else _pooled
-            vectors = self._collect(
-                rows, base_dir, lambda o, _: _masked(space(o)[modality], o.present[modality]), [modality]
-            )
-            return vectors["vectors"].numpy()
+            return self.embed_inputs(rows, [modality], base_dir)[modality]
+        aligned = self._aligned()
         if self.model.fusion is not None:
             fused = self._collect(
                 rows, base_dir, lambda o, _: {"vectors": torch.nn.functional.normalize(o.fused, dim=-1)}
@@ -173,6 +166,43 @@ class Predictor:
             rows, base_dir, lambda o, _: {"vectors": _mean_present(aligned.embed(o), o.present)}
         )
         return mean["vectors"].numpy()
+
+    def embed_inputs(
+        self, rows: Rows | Table, inputs: Sequence[str], base_dir: Path | None = None
+    ) -> dict[str, np.ndarray]:
+        """input → (N, E) L2-normalised vectors from one pass over the rows (only those encoders run): in
+        the shared space for inputs a contrastive objective aligns, else the pooled encoder output. Rows
+        lacking an input get NaN."""
+        known = list(self.model.input_keys)
+        unknown = [n for n in inputs if n not in known]
+        if unknown:
+            raise ValueError(f"unknown input {unknown[0]!r}; inputs: {sorted(known)}")
+        aligned = self._aligned()
+        shared = set(aligned.inputs) if aligned is not None else set()
+
+        def vectors(output: ModelOutput, _: Batch) -> dict[str, torch.Tensor]:
+            space = aligned.embed(output) if shared else {}
+            pooled = _pooled(output)
+            return {
+                n: torch.where(
+                    output.present[n][:, None], space[n] if n in shared else pooled[n], float("nan")
+                )
+                for n in inputs
+            }
+
+        found = self._collect(rows, base_dir, vectors, list(inputs))
+        return {n: found[n].numpy() for n in inputs}
+
+    def search(
+        self, index: Any, query: dict[str, Any], *, target: str | None = None, k: int = 10
+    ) -> pd.DataFrame:
+        """The k rows of an index (an `Index` or its folder) nearest to one query row, e.g.
+        `search("idx", {"caption": "a spoken seven"}, target="image")`: `query` holds one input's value;
+        `target` is the indexed input to search (default: the only indexed input other than the query's).
+        Returns rank, score, the table row and the row's columns."""
+        from polyfuse.retrieval import search_index
+
+        return search_index(self, index, query, target=target, k=k)
 
     def _aligned(self) -> Any:
         found = self.model.objectives_for("embed")
@@ -237,11 +267,6 @@ class Predictor:
 
 def _pooled(output: ModelOutput) -> dict[str, torch.Tensor]:
     return {n: torch.nn.functional.normalize(f.pooled, dim=-1) for n, f in output.features.items()}
-
-
-def _masked(vectors: torch.Tensor, present: torch.Tensor) -> dict[str, torch.Tensor]:
-    """{'vectors': (B, E)} with NaN rows where the input is absent (their values are padding)."""
-    return {"vectors": torch.where(present[:, None], vectors, float("nan"))}
 
 
 def _mean_present(vectors: dict[str, torch.Tensor], present: dict[str, torch.Tensor]) -> torch.Tensor:

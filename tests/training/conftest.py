@@ -33,9 +33,16 @@ def small_config() -> SmallConfig:
     return make_small_config
 
 
-def make_small_config(table: Path, config_path: Path, epochs: int = 3, fusion: str = "gated") -> RunConfig:
+def make_small_config(
+    table: Path,
+    config_path: Path,
+    epochs: int = 3,
+    fusion: str = "gated",
+    targets: tuple[str, ...] = ("label",),
+    objectives: tuple[str, ...] = ("supervised",),
+) -> RunConfig:
     """`polyfuse init`'s config with tiny encoders, so a run takes seconds."""
-    config = init_config(table, ["label"], config_path, fusion=fusion)
+    config = init_config(table, list(targets), config_path, fusion=fusion, objectives=list(objectives))
     config = config.model_copy(
         update={
             "encoders": {name: SMALL_ENCODERS[name] for name in config.encoders},

@@ -75,8 +75,12 @@ class Objective(Protocol):
 def select_inputs(
     objective: str, context: ObjectiveContext, inputs: list[str] | None, minimum: int
 ) -> list[str]:
-    """The objective's inputs (all of the model's when not given), checked to exist, sorted."""
-    chosen = sorted(inputs) if inputs is not None else list(context.inputs)
+    """The objective's inputs, checked to exist, sorted. Not given: the text, image and audio inputs when
+    there are at least `minimum` of them (aligning a table's numeric block with its images is rarely what
+    is meant), else every input."""
+    media = [n for n, m in context.inputs.items() if m in (Modality.TEXT, Modality.IMAGE, Modality.AUDIO)]
+    default = media if len(media) >= minimum else list(context.inputs)
+    chosen = sorted(inputs) if inputs is not None else default
     unknown = [n for n in chosen if n not in context.inputs]
     if unknown:
         raise ValueError(

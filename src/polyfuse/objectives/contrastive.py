@@ -37,7 +37,7 @@ MASKED = -1e4  # a logit that softmax turns into ~0 without the NaNs of -inf in 
 
 class ContrastiveObjective(nn.Module):
     """Options:
-    inputs:        the inputs to align (default: every input of the table; at least two)
+    inputs:        the inputs to align (default: the text, image and audio inputs; at least two)
     anchor:        bind every other input to this one only (ImageBind); default: all pairs
     embed_dim:     width of the shared space
     projection:    "linear", or "mlp" (Linear → GELU → Linear, as SimCLR found better)

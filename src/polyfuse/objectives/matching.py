@@ -35,7 +35,7 @@ EVAL_SEED = 0  # negatives for evaluation are drawn from a fixed generator: the 
 
 class MatchingObjective(nn.Module):
     """Options:
-    inputs:          the inputs whose agreement is judged (default all; at least two)
+    inputs:          the inputs whose agreement is judged (default: text, image, audio; at least two)
     hidden_dim:      width of the head's hidden layer
     hard_negatives:  share of negatives that are mined (most similar non-partner), the rest are random
     label_column:    a classification target: same-label rows are never used as each other's negatives
