@@ -1,0 +1,257 @@
+"""Alignment on AV-Digits: cross-modal retrieval, consistency, zero-shot and label efficiency.
+
+    .venv/bin/python bench/alignment.py                       # every stage
+    .venv/bin/python bench/alignment.py --stages clean labels # some of them
+
+Stages (each run is a real `polyfuse init` + `polyfuse train` in a child process, with init's defaults
+unless said):
+  clean     `init --objective contrastive`: audio→image and image→audio class-level recall@1 on the test
+            split; `init --objective contrastive --objective matching`: consistency ROC-AUC on true test rows
+            against the same rows with the image swapped for one of another label.
+  speakers  the contrastive model on each speaker-held-out split; the mean over the six speakers.
+  zeroshot  a caption column ("the digit seven") from the label, frozen MiniLM as its encoder, image and
+            audio bound to it (anchor: caption; no label column); zero-shot accuracy on test images and
+            test audio from class-name prompts alone: the training caption's template, and the default
+            templates that never occur in the table.
+  labels    contrastive pretraining on every training row without labels, then `--init-from` and a
+            supervised fine-tune on 5 % of the training labels, against the same model from scratch on the
+            same 5 %; 3 seeds (the 5 % and the fine-tune seed change; one pretraining).
+Results: bench/results/alignment.json and .md (rewritten after every stage).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import platform
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pandas as pd
+import torch
+import yaml
+
+from polyfuse.atomic import atomic_write_text
+from polyfuse.data.datasets import build_av_digits, default_data_dir
+
+RESULTS = Path(__file__).parent / "results"
+SPEAKERS = ("george", "jackson", "lucas", "nicolas", "theo", "yweweler")
+WORDS = ("zero", "one", "two", "three", "four", "five", "six", "seven", "eight", "nine")
+CLI = [sys.executable, "-m", "polyfuse.cli"]
+
+
+def polyfuse(*args: str, log: Path) -> float:
+    """Run a polyfuse command; returns its wall seconds; raises with the log's tail on failure."""
+    start = time.perf_counter()
+    with log.open("w") as out:
+        code = subprocess.run([*CLI, *args], stdout=out, stderr=subprocess.STDOUT).returncode
+    if code != 0:
+        raise RuntimeError(f"polyfuse {' '.join(args)} failed; {log}:\n{log.read_text()[-3000:]}")
+    return time.perf_counter() - start
+
+
+def init_and_train(
+    table: Path,
+    work: Path,
+    name: str,
+    init_args: list[str],
+    edit: Any = None,
+    train_args: tuple[str, ...] = (),
+) -> tuple[Path, dict[str, Any], float]:
+    """`polyfuse init` (then `edit(config dict)`), `polyfuse train`; returns run dir, test metrics, seconds."""
+    config = work / f"{name}.yaml"
+    polyfuse("init", str(table), *init_args, "-o", str(config), "--force", log=work / f"{name}-init.log")
+    if edit is not None:
+        raw = yaml.safe_load(config.read_text())
+        edit(raw)
+        config.write_text(yaml.safe_dump(raw, sort_keys=False))
+    run = work / name
+    seconds = polyfuse("train", str(config), "-o", str(run), *train_args, log=work / f"{name}.log")
+    return run, json.loads((run / "metrics.json").read_text())["test"], seconds
+
+
+def retrieval(metrics: dict[str, Any]) -> dict[str, Any]:
+    keys = ("recall@1", "recall@5", "recall@10", "median_rank", "mAP")
+    return {
+        direction: {k: round(metrics[f"retrieval_{direction}"][k], 4) for k in keys}
+        for direction in ("audio_to_image", "image_to_audio")
+    }
+
+
+def stage_clean(data: Path, work: Path) -> dict[str, Any]:
+    table = build_av_digits(work / "av", data)
+    _, test, seconds = init_and_train(table, work, "contrastive", ["--objective", "contrastive"])
+    out: dict[str, Any] = {"contrastive": {**retrieval(test), "whole_train_seconds": round(seconds, 1)}}
+    _, test, seconds = init_and_train(
+        table, work, "contrastive-matching", ["--objective", "contrastive", "--objective", "matching"]
+    )
+    out["contrastive_matching"] = {
+        **retrieval(test),
+        "consistency": {k: round(v, 4) for k, v in test["consistency"].items()},
+        "whole_train_seconds": round(seconds, 1),
+    }
+    return out
+
+
+def stage_speakers(data: Path, work: Path) -> dict[str, Any]:
+    per_speaker = {}
+    for speaker in SPEAKERS:
+        table = build_av_digits(work / f"av-{speaker}", data, holdout_speaker=speaker)
+        _, test, _ = init_and_train(table, work, f"contrastive-{speaker}", ["--objective", "contrastive"])
+        per_speaker[speaker] = retrieval(test)
+    mean = {
+        direction: {
+            k: round(statistics.mean(s[direction][k] for s in per_speaker.values()), 4)
+            for k in ("recall@1", "recall@5", "mAP")
+        }
+        for direction in ("audio_to_image", "image_to_audio")
+    }
+    return {"per_speaker": per_speaker, "mean_over_speakers": mean}
+
+
+def stage_zeroshot(data: Path, work: Path) -> dict[str, Any]:
+    import polyfuse as pf
+
+    table = build_av_digits(work / "av", data)
+    frame = pd.read_csv(table)
+    frame["caption"] = [f"the digit {WORDS[int(v)]}" for v in frame["label"]]
+    captioned = table.parent / "av_digits_captions.csv"
+    frame.to_csv(captioned, index=False)
+
+    def unlabeled_anchor(raw: dict[str, Any]) -> None:
+        raw["data"]["targets"] = {}
+        raw["data"]["columns"]["label"] = "ignore"
+        raw["objectives"] = [{"name": "contrastive", "weight": 1.0, "options": {"anchor": "caption"}}]
+
+    run, _test, seconds = init_and_train(
+        captioned, work, "zeroshot", ["--objective", "contrastive", "-c", "caption=text"], unlabeled_anchor
+    )
+    predictor = pf.load(run / "model")
+    rows = frame[frame["split"] == "test"]
+    truth = [WORDS[int(v)] for v in rows["label"]]
+    out: dict[str, Any] = {"whole_train_seconds": round(seconds, 1), "test_rows": len(rows)}
+    for modality in ("image", "audio"):
+        inputs = rows[[modality]].to_dict("records")
+        for name, templates in (("caption_template", ("the digit {}",)), ("default_templates", None)):
+            kwargs = {"templates": templates} if templates else {}
+            predicted = predictor.zero_shot(
+                inputs, list(WORDS), modality=modality, base_dir=table.parent, **kwargs
+            )["label"]
+            accuracy = float(np.mean([p == t for p, t in zip(predicted, truth, strict=True)]))
+            out[f"{modality}_{name}_accuracy"] = round(accuracy, 4)
+    return out
+
+
+def stage_labels(data: Path, work: Path, seeds: list[int], share: float) -> dict[str, Any]:
+    table = build_av_digits(work / "av", data)
+
+    def unlabeled(raw: dict[str, Any]) -> None:
+        raw["data"]["targets"] = {}
+        raw["data"]["columns"]["label"] = "ignore"
+        raw["data"]["split"]["val_fraction_of_train"] = 0.1
+        raw["objectives"] = [{"name": "contrastive", "weight": 1.0, "options": {}}]
+
+    pretrain, _, pretrain_seconds = init_and_train(
+        table, work, "pretrain", ["--objective", "contrastive"], unlabeled
+    )
+    frame = pd.read_csv(table)
+    runs = []
+    for seed in seeds:
+        rng = np.random.default_rng(seed)
+        train = frame.index[frame["split"] == "train"].to_numpy()
+        kept = rng.choice(train, round(share * len(train)), replace=False)
+        few = frame[(frame["split"] != "train") | frame.index.isin(kept)]
+        few_table = table.parent / f"av_digits_{int(share * 100)}pct_seed{seed}.csv"
+        few.to_csv(few_table, index=False)
+
+        def seeded(raw: dict[str, Any], seed: int = seed) -> None:
+            raw["training"]["seed"] = seed
+
+        result: dict[str, Any] = {"seed": seed, "labelled_train_rows": len(kept)}
+        for name, extra in (("scratch", ()), ("pretrained", ("--init-from", str(pretrain)))):
+            _, test, _ = init_and_train(
+                few_table, work, f"{name}-seed{seed}", ["-t", "label"], seeded, train_args=extra
+            )
+            result[f"{name}_accuracy"] = round(test["label"]["accuracy"], 4)
+        runs.append(result)
+    summary = {
+        name: {
+            "mean": round(statistics.mean(r[f"{name}_accuracy"] for r in runs), 4),
+            "std": round(statistics.stdev(r[f"{name}_accuracy"] for r in runs), 4) if len(runs) > 1 else 0.0,
+        }
+        for name in ("scratch", "pretrained")
+    }
+    return {
+        "label_share": share,
+        "pretrain_seconds": round(pretrain_seconds, 1),
+        "runs": runs,
+        "summary": summary,
+    }
+
+
+def write(results: dict[str, Any]) -> None:
+    RESULTS.mkdir(exist_ok=True)
+    atomic_write_text(RESULTS / "alignment.json", json.dumps(results, indent=2))
+    lines = ["# Alignment on AV-Digits", "", f"Machine: {results['machine']}", ""]
+    if "clean" in results:
+        for name, values in results["clean"].items():
+            a2i, i2a = values["audio_to_image"], values["image_to_audio"]
+            lines.append(
+                f"- {name}: audio→image R@1 {a2i['recall@1']}, mAP {a2i['mAP']}; image→audio R@1 "
+                f"{i2a['recall@1']}, mAP {i2a['mAP']}; train {values['whole_train_seconds']} s"
+            )
+            if "consistency" in values:
+                lines.append(f"  - consistency ROC-AUC {values['consistency'].get('roc_auc')}")
+    if "speakers" in results:
+        mean = results["speakers"]["mean_over_speakers"]
+        lines.append(
+            f"- speaker-held-out (mean of 6): audio→image R@1 {mean['audio_to_image']['recall@1']}, "
+            f"image→audio R@1 {mean['image_to_audio']['recall@1']}"
+        )
+    if "zeroshot" in results:
+        lines.append(f"- zero-shot: {json.dumps(results['zeroshot'])}")
+    if "labels" in results:
+        lines.append(f"- label efficiency: {json.dumps(results['labels']['summary'])}")
+    atomic_write_text(RESULTS / "alignment.md", "\n".join(lines) + "\n")
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
+    parser.add_argument("--stages", nargs="+", default=["clean", "zeroshot", "labels", "speakers"])
+    parser.add_argument("--data", type=Path, default=None, help="folder with mnist/ and fsdd/")
+    parser.add_argument("--work", type=Path, default=None, help="keep runs here (default: a temp folder)")
+    parser.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
+    parser.add_argument("--label-share", type=float, default=0.05)
+    args = parser.parse_args()
+    data = args.data or default_data_dir()
+    work = args.work or Path(tempfile.mkdtemp(prefix="polyfuse-alignment-"))
+    work.mkdir(parents=True, exist_ok=True)
+    path = RESULTS / "alignment.json"
+    results: dict[str, Any] = json.loads(path.read_text()) if path.exists() else {}
+    results["machine"] = f"{platform.machine()}, {torch.get_num_threads()} threads, torch {torch.__version__}"
+    for stage in args.stages:
+        print(f"stage {stage} ...", flush=True)
+        if stage == "clean":
+            results["clean"] = stage_clean(data, work)
+        elif stage == "speakers":
+            results["speakers"] = stage_speakers(data, work)
+        elif stage == "zeroshot":
+            results["zeroshot"] = stage_zeroshot(data, work)
+        elif stage == "labels":
+            results["labels"] = stage_labels(data, work, args.seeds, args.label_share)
+        else:
+            raise SystemExit(f"unknown stage {stage}")
+        write(results)
+        print(json.dumps(results[stage], indent=2), flush=True)
+
+
+if __name__ == "__main__":
+    main()
