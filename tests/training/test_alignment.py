@@ -79,6 +79,17 @@ def test_alignment_model_trains_and_serves_every_capability(
     fused = predictor.embed(rows, base_dir=base)
     assert fused.shape[0] == 6 and not np.isnan(fused).any()
 
+    # zero-shot: each image against prompts built from two candidate words, through the text tower
+    zero_shot = predictor.zero_shot(
+        rows, ["alpha", "beta"], modality="image", text_input="text", base_dir=base
+    )
+    assert list(zero_shot.columns) == ["label", "proba_alpha", "proba_beta"]
+    np.testing.assert_allclose(zero_shot[["proba_alpha", "proba_beta"]].sum(1), 1.0, rtol=1e-5)
+    prompts = predictor.embed([{"text": t.format("alpha")} for t in ("{}", "a {}")], modality="text")
+    assert not np.isnan(prompts).any()
+    with pytest.raises(ValueError, match="modality"):
+        predictor.zero_shot(rows, ["alpha"], text_input="text", base_dir=base)  # image or audio?
+
     scores = predictor.consistency(rows, base_dir=base)
     assert scores.shape == (6,) and ((scores[1:] >= 0) & (scores[1:] <= 1)).all()
     with pytest.raises(ValueError, match="supervised"):
