@@ -65,8 +65,8 @@ def exact_top_k(gallery: np.ndarray, queries: np.ndarray, k: int) -> tuple[np.nd
 
 
 def build_faiss(vectors: np.ndarray, kind: Literal["ivf", "hnsw"]) -> Any:
-    """An inner-product FAISS index over L2-normalised vectors (cosine): IVF-Flat with √N·4 lists (probing
-    1/16 of them), or HNSW with 32 links per node."""
+    """An inner-product FAISS index over L2-normalised vectors (cosine): IVF-Flat with about √N·4 lists
+    (probing 1/16 of them), or HNSW with 32 links per node."""
     import faiss
 
     dim = vectors.shape[1]
@@ -77,7 +77,8 @@ def build_faiss(vectors: np.ndarray, kind: Literal["ivf", "hnsw"]) -> Any:
         index.hnsw.efConstruction = 80
         index.hnsw.efSearch = 64
     else:
-        lists = max(1, int(4 * np.sqrt(len(data))))
+        # √N·4 lists, but no more than k-means can place with ≥ 39 points each (faiss's own minimum)
+        lists = max(1, min(int(4 * np.sqrt(len(data))), len(data) // 39))
         quantizer = faiss.IndexFlatIP(dim)
         index = faiss.IndexIVFFlat(quantizer, dim, lists, faiss.METRIC_INNER_PRODUCT)
         sample = data[np.random.default_rng(0).choice(len(data), min(len(data), lists * 64), replace=False)]
