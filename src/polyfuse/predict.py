@@ -67,7 +67,7 @@ class Predictor:
         found = self.model.objectives_for(capability)
         if not found:
             needed = {"predict": "supervised", "consistency": "matching"}.get(capability, "contrastive")
-            raise ValueError(
+            raise DataError(
                 f"this model cannot {capability.replace('_', '-')}: it was trained with objectives "
                 f"{list(self.model.objectives)}; train one with the '{needed}' objective "
                 f"(polyfuse init TABLE --objective {needed})"
@@ -138,7 +138,7 @@ class Predictor:
         if self.model.objectives_for("consistency"):
             parts.append(pd.DataFrame({"consistency": self.consistency(table, base_dir)}))
         if not parts:
-            raise ValueError(
+            raise DataError(
                 f"this model's objectives {list(self.model.objectives)} predict no column per row; use "
                 "embed, search or zero_shot"
             )

@@ -55,7 +55,7 @@ def test_same_label_rows_are_not_negatives() -> None:
     za, zb = _unit(6, 4, 4), _unit(6, 4, 5)
     labels = torch.tensor([0, 0, 1, 1, 2, 2])
     scale = torch.tensor(5.0)
-    got = info_nce(za, zb, torch.ones(6, dtype=torch.bool), scale, labels=labels)
+    got = info_nce(za, zb, torch.ones(6, dtype=torch.bool), scale, labels=labels, same_label="ignore")
     logits = scale * za @ zb.T
     mask = (labels[:, None] == labels[None, :]) & ~torch.eye(6, dtype=torch.bool)
     target = torch.arange(6)
@@ -66,6 +66,21 @@ def test_same_label_rows_are_not_negatives() -> None:
     torch.testing.assert_close(got, expected)
     # moving a same-label row's embedding cannot change the loss of its partner through the negatives
     assert got < info_nce(za, zb, torch.ones(6, dtype=torch.bool), scale) + 1.0
+
+
+def test_same_label_rows_as_positives_is_supcon() -> None:
+    za, zb = _unit(6, 4, 4), _unit(6, 4, 5)
+    labels = torch.tensor([0, 0, 1, 1, 2, 2])
+    scale = torch.tensor(5.0)
+    got = info_nce(za, zb, torch.ones(6, dtype=torch.bool), scale, labels=labels)
+    # by hand: each query's loss is the mean over its positives p of -log softmax(logits)[p]
+    expected = 0.0
+    for logits in (scale * za @ zb.T, scale * zb @ za.T):
+        log_probs = logits.log_softmax(-1)
+        for i in range(6):
+            positives = (labels == labels[i]).nonzero().squeeze(1)
+            expected += -log_probs[i, positives].mean() / 6
+    torch.testing.assert_close(got, expected / 2)
 
 
 def test_fewer_than_two_valid_rows_give_zero_in_the_graph() -> None:
@@ -157,9 +172,16 @@ def test_exact_top_k_equals_a_full_sort_across_blocks(monkeypatch: pytest.Monkey
 @pytest.mark.skipif(not faiss_available(), reason="faiss-cpu not installed")
 @pytest.mark.parametrize("kind", ["ivf", "hnsw"])
 def test_faiss_index_agrees_with_exact_search(kind: str) -> None:
-    vectors = _unit(3000, 16, 12).numpy()
+    # clustered, as real embeddings are (uniform points on a sphere are IVF's worst case)
+    centres = _unit(30, 16, 12)
+    vectors = F.normalize(centres[torch.arange(3000) % 30] + 0.2 * _unit(3000, 16, 13), dim=-1).numpy()
     index = build_faiss(vectors, kind)  # type: ignore[arg-type]
     recall = faiss_recall(index, vectors, k=10, queries=100)
     assert 0.8 <= recall <= 1.0
+    # the same measure by hand on the first 20 vectors
+    exact = np.argsort(-(vectors[:20] @ vectors.T), axis=1)[:, :10]
+    _, approximate = index.search(vectors[:20], 10)
+    by_hand = np.mean([len(set(a) & set(e)) / 10 for a, e in zip(approximate, exact, strict=True)])
+    assert by_hand >= 0.8
     _, ids = index.search(vectors[:5], 1)
     assert ids[:, 0].tolist() == [0, 1, 2, 3, 4]  # each vector finds itself

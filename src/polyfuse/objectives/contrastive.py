@@ -8,8 +8,9 @@ InfoNCE loss pulls a row's two embeddings together and pushes it away from the o
     loss_ab   = ½ · (CE(logits_ab, diag) + CE(logits_abᵀ, diag))
 
 Rows lacking either input of a pair are left out of that pair's loss. With `label_column`, rows with the
-same label are not each other's negatives (their logits are masked), so a batch holding two spoken
-"sevens" does not teach the model that they differ. Under DDP the embeddings of every process are gathered
+same label are not each other's negatives, so a batch holding two spoken "sevens" does not teach the
+model that they differ: by default they are positives (supervised contrastive learning), or, with
+`same_label: ignore`, their logits are masked out. Under DDP the embeddings of every process are gathered
 with gradients, and each process scores its own rows against the global batch (memory linear in it).
 """
 
@@ -40,9 +41,11 @@ class ContrastiveObjective(nn.Module):
     inputs:        the inputs to align (default: the text, image and audio inputs; at least two)
     anchor:        bind every other input to this one only (ImageBind); default: all pairs
     embed_dim:     width of the shared space
-    projection:    "linear", or "mlp" (Linear → GELU → Linear, as SimCLR found better)
+    projection:    "linear", or "mlp" (Linear → BatchNorm → GELU → Linear, SimCLR's head)
     temperature:   fixed temperature; null learns it (CLIP: starts at 0.07, scale clamped at max_logit_scale)
     label_column:  a classification target; rows sharing its label are not treated as negatives
+    same_label:    "positive": rows sharing a label are positives (supervised contrastive); "ignore": they
+                   are only left out of each other's negatives
     retrieval:     how evaluation counts a hit: "label" (a row with the same label; needs label_column),
                    "instance" (the same row); "auto" picks label when label_column is set
     """
@@ -62,6 +65,7 @@ class ContrastiveObjective(nn.Module):
         temperature: float | None = None,
         max_logit_scale: float = 100.0,
         label_column: str | None = None,
+        same_label: Literal["positive", "ignore"] = "positive",
         retrieval: Literal["auto", "label", "instance"] = "auto",
     ) -> None:
         super().__init__()
@@ -77,6 +81,9 @@ class ContrastiveObjective(nn.Module):
         if temperature is not None and not temperature > 0:
             raise ValueError(f"contrastive: temperature must be > 0, got {temperature}")
         self.label_column = label_target("contrastive", context, label_column)
+        if same_label not in ("positive", "ignore"):
+            raise ValueError(f"contrastive: same_label must be 'positive' or 'ignore', got {same_label!r}")
+        self.same_label = same_label
         if retrieval == "label" and self.label_column is None:
             raise ValueError("contrastive: retrieval 'label' needs label_column")
         self.retrieval = retrieval if retrieval != "auto" else ("label" if self.label_column else "instance")
@@ -89,7 +96,7 @@ class ContrastiveObjective(nn.Module):
         self.embed_dim = embed_dim
         self.keys = {n: module_key(n) for n in self.inputs}
         self.projections = nn.ModuleDict(
-            {self.keys[n]: _projection(context.input_dims[n], embed_dim, projection) for n in self.inputs}
+            {self.keys[n]: Projection(context.input_dims[n], embed_dim, projection) for n in self.inputs}
         )
         self.max_log_scale = math.log(max_logit_scale)
         if temperature is None:
@@ -101,9 +108,11 @@ class ContrastiveObjective(nn.Module):
         return self.log_scale.clamp(max=self.max_log_scale).exp()
 
     def embed(self, output: ModelOutput) -> dict[str, Tensor]:
-        """input → (B, embed_dim) L2-normalised embeddings (rows lacking the input hold garbage)."""
+        """input → (B, embed_dim) L2-normalised embeddings (rows lacking the input: zeros)."""
         return {
-            n: F.normalize(self.projections[self.keys[n]](output.features[n].pooled), dim=-1)
+            n: F.normalize(
+                self.projections[self.keys[n]](output.features[n].pooled, output.present[n]), dim=-1
+            )
             for n in self.inputs
             if n in output.features
         }
@@ -117,7 +126,15 @@ class ContrastiveObjective(nn.Module):
         losses: dict[str, Tensor] = {}
         total = torch.zeros((), device=scale.device)
         for a, b in self.pairs:
-            loss = info_nce(z[a], z[b], present[a] & present[b], scale, labels=labels, local=local)
+            loss = info_nce(
+                z[a],
+                z[b],
+                present[a] & present[b],
+                scale,
+                labels=labels,
+                local=local,
+                same_label=self.same_label,
+            )
             losses[f"contrastive_{a}_{b}_loss"] = loss
             total = total + loss
         losses["loss"] = total / len(self.pairs)
@@ -163,10 +180,40 @@ class ContrastiveObjective(nn.Module):
         return None
 
 
-def _projection(input_dim: int, embed_dim: int, kind: str) -> nn.Module:
-    if kind == "linear":
-        return nn.Linear(input_dim, embed_dim)
-    return nn.Sequential(nn.Linear(input_dim, input_dim), nn.GELU(), nn.Linear(input_dim, embed_dim))
+class Projection(nn.Module):
+    """Pooled encoder output (B, D) → (B, E), before normalisation.
+
+    "mlp" is SimCLR's head: Linear → BatchNorm → GELU → Linear. The batch norm matters here: encoders
+    trained from scratch start with pooled features that are nearly the same for every row (post-ReLU
+    averages), so without centring every embedding starts at one point, the softmax over the batch is
+    flat, and alignment barely moves for epochs. Its statistics are taken over the rows that have the
+    input only; the other rows hold padding (even NaN) and are passed through as zeros."""
+
+    def __init__(self, input_dim: int, embed_dim: int, kind: str) -> None:
+        super().__init__()
+        self.kind = kind
+        if kind == "linear":
+            self.first: nn.Module = nn.Linear(input_dim, embed_dim)
+        else:
+            self.first = nn.Linear(input_dim, input_dim)
+            self.norm = nn.BatchNorm1d(input_dim)
+            self.last = nn.Linear(input_dim, embed_dim)
+
+    def forward(self, pooled: Tensor, present: Tensor) -> Tensor:
+        if self.kind == "linear":
+            out: Tensor = self.first(pooled)
+            return out
+        rows = present.nonzero().squeeze(1)
+        hidden = self.first(pooled[rows])  # (n, D) the present rows only
+        if self.training and len(rows) < 2:  # batch statistics need two rows: use the running ones
+            hidden = F.batch_norm(
+                hidden, self.norm.running_mean, self.norm.running_var, self.norm.weight, self.norm.bias
+            )
+        else:
+            hidden = self.norm(hidden)
+        projected = self.last(F.gelu(hidden))  # (n, E)
+        out = projected.new_zeros((pooled.shape[0], projected.shape[1]))
+        return out.index_copy(0, rows, projected)
 
 
 def info_nce(
@@ -177,11 +224,14 @@ def info_nce(
     *,
     labels: Tensor | None = None,
     local: Tensor | None = None,
+    same_label: Literal["positive", "ignore"] = "positive",
 ) -> Tensor:
     """Symmetric InfoNCE over the rows where `valid` (N,) holds.
 
     za, zb: (N, E) L2-normalised; row i of za and row i of zb are a positive pair. labels (N,): rows with
-    the same label are masked out of each other's negatives. local (N,) bool: the rows this process
+    the same label are not each other's negatives — with same_label="positive" they are positives too
+    (SupCon, Khosla et al. 2020: the target spreads evenly over them), with "ignore" their logits are
+    masked out. local (N,) bool: the rows this process
     scores as queries (all rows without DDP); every valid row is a candidate key. Returns 0 (in the graph)
     when fewer than two rows are valid.
     """
@@ -194,15 +244,21 @@ def info_nce(
     )
     if queries.numel() == 0:
         return (za.sum() + zb.sum()) * 0.0
-    logits = scale * za[queries] @ zb.T  # (q, n): local queries against every valid key
-    mask = torch.zeros_like(logits, dtype=torch.bool)
-    if labels is not None:
-        row_labels = labels[idx]
-        mask = row_labels[queries][:, None] == row_labels[None, :]  # (q, n) same label
-        mask[torch.arange(len(queries)), queries] = False  # the true partner stays the positive
-    logits_ab = logits.masked_fill(mask, MASKED)
-    logits_ba = (scale * zb[queries] @ za.T).masked_fill(mask, MASKED)
-    return 0.5 * (F.cross_entropy(logits_ab, queries) + F.cross_entropy(logits_ba, queries))
+    logits_ab = scale * za[queries] @ zb.T  # (q, n): local queries against every valid key
+    logits_ba = scale * zb[queries] @ za.T
+    if labels is None:
+        return 0.5 * (F.cross_entropy(logits_ab, queries) + F.cross_entropy(logits_ba, queries))
+    row_labels = labels[idx]
+    same = row_labels[queries][:, None] == row_labels[None, :]  # (q, n), the partner included
+    if same_label == "positive":
+        target = same.float() / same.float().sum(1, keepdim=True)  # (q, n) rows sum to 1
+        return 0.5 * (F.cross_entropy(logits_ab, target) + F.cross_entropy(logits_ba, target))
+    mask = same.clone()
+    mask[torch.arange(len(queries)), queries] = False  # the true partner stays the positive
+    return 0.5 * (
+        F.cross_entropy(logits_ab.masked_fill(mask, MASKED), queries)
+        + F.cross_entropy(logits_ba.masked_fill(mask, MASKED), queries)
+    )
 
 
 def _world() -> tuple[int, int]:

@@ -88,7 +88,7 @@ def search_index(
     index = index if isinstance(index, Index) else Index.load(index)
     given = [n for n, v in query.items() if v is not None]
     if len(given) != 1:
-        raise ValueError(f"a query holds exactly one input's value, got {given or 'none'}")
+        raise DataError(f"a query holds exactly one input's value, got {given or 'none'}")
     source = given[0]
     if target is None:
         others = [n for n in index.collections if n != source]

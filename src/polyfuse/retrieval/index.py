@@ -170,7 +170,7 @@ class Index:
 
     def search(self, queries: np.ndarray, input: str, k: int = 10) -> tuple[np.ndarray, np.ndarray]:
         if input not in self.collections:
-            raise ValueError(f"the index holds no '{input}' vectors; it holds {sorted(self.collections)}")
+            raise DataError(f"the index holds no '{input}' vectors; it holds {sorted(self.collections)}")
         return self.collections[input].search(queries, k)
 
 
