@@ -235,22 +235,24 @@ def main() -> None:
     work = args.work or Path(tempfile.mkdtemp(prefix="polyfuse-alignment-"))
     work.mkdir(parents=True, exist_ok=True)
     path = RESULTS / "alignment.json"
-    results: dict[str, Any] = json.loads(path.read_text()) if path.exists() else {}
-    results["machine"] = f"{platform.machine()}, {torch.get_num_threads()} threads, torch {torch.__version__}"
+    machine = f"{platform.machine()}, {torch.get_num_threads()} threads, torch {torch.__version__}"
+    stages = {
+        "clean": lambda: stage_clean(data, work),
+        "speakers": lambda: stage_speakers(data, work),
+        "zeroshot": lambda: stage_zeroshot(data, work),
+        "labels": lambda: stage_labels(data, work, args.seeds, args.label_share),
+    }
+    for stage in args.stages:
+        if stage not in stages:
+            raise SystemExit(f"unknown stage {stage}; stages: {list(stages)}")
     for stage in args.stages:
         print(f"stage {stage} ...", flush=True)
-        if stage == "clean":
-            results["clean"] = stage_clean(data, work)
-        elif stage == "speakers":
-            results["speakers"] = stage_speakers(data, work)
-        elif stage == "zeroshot":
-            results["zeroshot"] = stage_zeroshot(data, work)
-        elif stage == "labels":
-            results["labels"] = stage_labels(data, work, args.seeds, args.label_share)
-        else:
-            raise SystemExit(f"unknown stage {stage}")
+        figures = stages[stage]()
+        # re-read before writing: stages may run as separate processes side by side
+        results: dict[str, Any] = json.loads(path.read_text()) if path.exists() else {}
+        results.update({"machine": machine, stage: figures})
         write(results)
-        print(json.dumps(results[stage], indent=2), flush=True)
+        print(json.dumps(figures, indent=2), flush=True)
 
 
 if __name__ == "__main__":
