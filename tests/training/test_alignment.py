@@ -233,3 +233,36 @@ def test_supervised_needs_a_target_and_alignment_two_inputs(synthetic_table: Pat
     assert any("label_column" in m and "data.targets" in m for m in messages), messages
     assert any("supervised objective needs at least one target" in m for m in messages), messages
     assert any("unknown objective 'contrastiv'" in m for m in messages), messages
+
+
+def test_a_table_without_labels_trains_a_contrastive_model(
+    synthetic_table: Path, small_config: Any, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    frame = read_table(synthetic_table).frame.drop(columns=["label"])
+    unlabeled = synthetic_table.parent / "unlabeled.csv"
+    frame.to_csv(unlabeled, index=False)
+    config_path = tmp_path / "config.yaml"
+    refused = runner.invoke(app, ["init", str(unlabeled), "-o", str(config_path)])
+    assert refused.exit_code != 0 and "--target" in str(refused.exception or refused.output)
+
+    result = runner.invoke(
+        app, ["init", str(unlabeled), "--objective", "contrastive", "-o", str(config_path)]
+    )
+    assert result.exit_code == 0, result.output
+    config = load_config(config_path)
+    assert config.data.targets == {} and config.objectives[0].options == {}
+    small_config(unlabeled, config_path, epochs=1, targets=(), objectives=("contrastive",))
+    monkeypatch.chdir(tmp_path)
+    trained = runner.invoke(app, ["train", "config.yaml", "-o", "run"])
+    assert trained.exit_code == 0, trained.output
+    metrics = json.loads(Path("run/metrics.json").read_text())["test"]
+    assert metrics["retrieval_audio_to_image"]["match"] == "instance"  # no labels: the same row is the hit
+    evaluated = runner.invoke(app, ["evaluate", "run/model", str(unlabeled), "--split", "test"])
+    assert evaluated.exit_code == 0, evaluated.output
+    assert "retrieval_audio_to_image" in evaluated.output and "recall@1" in evaluated.output
+    predicted = runner.invoke(app, ["predict", "run/model", str(unlabeled), "-o", "p.csv"])
+    assert predicted.exit_code != 0 and "use embed, search or zero_shot" in str(predicted.exception)
+    vectors = polyfuse.load("run/model").embed(
+        frame.head(4).to_dict("records"), base_dir=synthetic_table.parent
+    )
+    assert vectors.shape[0] == 4
