@@ -9,6 +9,7 @@ from __future__ import annotations
 import logging
 import os
 from pathlib import Path
+from types import FrameType
 
 import uvicorn
 from fastapi import FastAPI
@@ -22,6 +23,15 @@ from polyfuse.serve.settings import ServeSettings
 
 _ENV_MODEL = "POLYFUSE_SERVE_MODEL_DIR"
 _ENV_SETTINGS = "POLYFUSE_SERVE_SETTINGS"
+
+
+class _GracefulServer(uvicorn.Server):
+    """uvicorn re-raises SIGTERM after its graceful shutdown, so the process dies *by* the signal (status
+    -15). A shutdown that finished every request is a success: exit 0 instead."""
+
+    def handle_exit(self, sig: int, frame: FrameType | None) -> None:
+        super().handle_exit(sig, frame)
+        self._captured_signals.clear()
 
 
 def check_settings(settings: ServeSettings) -> None:
@@ -56,7 +66,8 @@ def serve(model_dir: Path | str, settings: ServeSettings) -> None:
     }
     if settings.workers == 1:
         engine = Engine(model_dir, settings.limits)  # a bad model directory fails here, with its reason
-        uvicorn.run(create_app(model_dir, settings, engine), **common)  # type: ignore[arg-type]
+        config = uvicorn.Config(create_app(model_dir, settings, engine), **common)  # type: ignore[arg-type]
+        _GracefulServer(config).run()
         return
     Engine(model_dir, settings.limits)  # check once here; each worker then loads its own copy
     os.environ[_ENV_MODEL] = str(Path(model_dir).resolve())
