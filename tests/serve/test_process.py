@@ -130,3 +130,35 @@ def test_non_loopback_without_keys_is_refused(model_dir: Path) -> None:
     result = _start_failure([str(model_dir), "--host", "0.0.0.0", "--port", str(_free_port())])
     assert result.returncode == 2
     assert "refusing to listen on 0.0.0.0 without API keys" in result.stderr
+
+
+def test_python_client_against_a_keyed_server(model_dir: Path, served_table: Path, tmp_path: Path) -> None:
+    from polyfuse.client import Client, ClientError
+
+    keys = tmp_path / "keys.txt"
+    keys.write_text("# one key per line\nclient-test-key-0123456789\n")
+    port = _free_port()
+    command = [*POLYFUSE, "serve", str(model_dir), "--port", str(port), "--api-keys", str(keys)]
+    process = subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+    try:
+        _wait_ready(port, process)
+        client = Client(f"http://127.0.0.1:{port}", api_key="client-test-key-0123456789")
+        table_rows = request_rows(served_table, 3)
+        frame_rows: list[dict[str, Any]] = [
+            {"image": served_table.parent / f"images/{i:05d}.png", "text": "river boat"} for i in range(3)
+        ]
+        answers = client.predict(frame_rows)
+        predictor = polyfuse.load(model_dir)
+        expected = predictor.predict([{"image": str(r["image"]), "text": r["text"]} for r in frame_rows])
+        assert [a["label"]["prediction"] for a in answers] == expected["label"].tolist()
+        assert len(client.predict(table_rows)) == 3
+        assert [i["name"] for i in client.model()["inputs"]] == ["text", "image", "audio", "amount", "colour"]
+        with pytest.raises(ClientError) as info:
+            Client(f"http://127.0.0.1:{port}", api_key="wrong-key-0123456789").predict([{}])
+        assert info.value.status == 403
+        with pytest.raises(ClientError) as info:
+            client.predict([{"image": "/etc/passwd"}])
+        assert info.value.status == 422 and info.value.problems[0]["field"] == "image"
+    finally:
+        process.send_signal(signal.SIGTERM)
+        assert process.wait(timeout=60) == 0
