@@ -408,6 +408,60 @@ def _short(value: object, width: int = 40) -> str:
     return text if len(text) <= width else text[: width - 1] + "…"
 
 
+@app.command("serve")
+def serve_command(
+    model_dir: Annotated[Path, typer.Argument(help="model directory (RUN_DIR/model)")],
+    host: Annotated[
+        str, typer.Option(help="address to listen on; non-loopback needs --api-keys")
+    ] = "127.0.0.1",
+    port: Annotated[int, typer.Option(help="TCP port")] = 8000,
+    api_keys: Annotated[
+        Path | None,
+        typer.Option(help="file of API keys, one per line (or sha256:<hex>); also $POLYFUSE_API_KEYS"),
+    ] = None,
+    workers: Annotated[int, typer.Option(help="processes behind the one port, each with its own model")] = 1,
+    insecure_no_auth: Annotated[
+        bool, typer.Option("--insecure-no-auth", help="allow a non-loopback address without keys")
+    ] = False,
+    batching: Annotated[bool, typer.Option(help="merge concurrent requests into one forward pass")] = True,
+    max_batch_rows: Annotated[int, typer.Option(help="rows per forward pass")] = 32,
+    max_wait_ms: Annotated[
+        float, typer.Option(help="how long a request waits for others to batch with")
+    ] = 5.0,
+    max_pending: Annotated[int, typer.Option(help="requests in progress before 503 + Retry-After")] = 64,
+    timeout: Annotated[float, typer.Option(help="seconds before a request gets 504")] = 30.0,
+    max_body_mb: Annotated[float, typer.Option(help="request body limit, MB")] = 20.0,
+    max_rows: Annotated[int, typer.Option(help="rows per request")] = 256,
+) -> None:
+    """Serve MODEL_DIR over HTTP: POST /v1/predict, GET /v1/model, /healthz, /readyz, /metrics, and a
+    playground page at /. Needs the serve extra: pip install 'polyfuse[serve]'."""
+    try:
+        from polyfuse.serve import serve
+        from polyfuse.serve.auth import load_key_hashes
+        from polyfuse.serve.settings import Batching, Limits, ServeSettings
+    except ImportError as e:
+        raise DataError(
+            f"polyfuse serve needs the serve extra ({e.name} is missing): pip install 'polyfuse[serve]'"
+        ) from None
+
+    settings = ServeSettings(
+        host=host,
+        port=port,
+        workers=workers,
+        api_key_hashes=load_key_hashes(api_keys),
+        insecure_no_auth=insecure_no_auth,
+        limits=Limits(max_body_bytes=int(max_body_mb * 1_000_000), max_rows=max_rows),
+        batching=Batching(
+            enabled=batching,
+            max_batch_rows=max_batch_rows,
+            max_wait_ms=max_wait_ms,
+            max_pending=max_pending,
+            request_timeout_s=timeout,
+        ),
+    )
+    serve(model_dir, settings)
+
+
 def main() -> None:
     """Entry point: user-data errors print as a clear message and exit 2, never as a traceback."""
     try:

@@ -108,7 +108,7 @@ def test_min_seconds() -> None:
     assert decode_audio(encode(np.zeros(1600), 16000), AudioConfig(min_seconds=0.1)).shape == (1600,)
 
 
-def test_data_chunk_claiming_4gb_reads_its_16_real_frames_without_allocating() -> None:
+def test_data_chunk_claiming_4gb_is_refused_as_truncated_without_allocating() -> None:
     fmt = struct.pack("<HHIIHH", 1, 1, 16000, 32000, 2, 16)  # PCM, mono, 16 kHz, 16-bit
     samples = (np.arange(16, dtype="<i2") * 1000).tobytes()  # 32 bytes
     wav = (
@@ -118,12 +118,31 @@ def test_data_chunk_claiming_4gb_reads_its_16_real_frames_without_allocating() -
     )  # fmt: skip
     tracemalloc.start()
     try:
-        wave = decode_audio(wav, AudioConfig())
+        # libsndfile alone would clamp the header and return the 16 frames as if that were the sound
+        with pytest.raises(MediaError, match=r"truncated WAV: its header claims 2147483640 frames") as info:
+            decode_audio(wav, AudioConfig())
         peak = tracemalloc.get_traced_memory()[1]
     finally:
         tracemalloc.stop()
     assert peak < 2_000_000  # numpy allocations are traced; a header-sized buffer would be gigabytes
-    assert np.allclose(wave, np.arange(16) * 1000 / 32768)
+    assert "holds 16 (32 bytes)" in info.value.message
+    assert info.value.kind == "invalid"
+
+
+def test_wav_cut_short_in_transit_is_refused_but_a_whole_one_with_trailing_chunks_is_not() -> None:
+    whole = encode(sine(440, 0.1, 16000), 16000)
+    with pytest.raises(MediaError, match="truncated WAV"):
+        decode_audio(whole[:-10], AudioConfig())
+    # a LIST chunk after the samples (as many editors write) is not mistaken for a truncation
+    tagged = whole + b"LIST" + struct.pack("<I", 4) + b"INFO"
+    assert np.array_equal(decode_audio(tagged, AudioConfig()), decode_audio(whole, AudioConfig()))
+
+
+def test_header_claiming_more_than_the_duration_limit_is_refused_before_decoding() -> None:
+    wav = encode(sine(440, 2.0, 8000), 8000)
+    with pytest.raises(MediaError, match=r"header says the audio lasts 2 s") as info:
+        decode_audio(wav, AudioConfig(max_seconds=1.0, max_decode_seconds=1.5))
+    assert info.value.kind == "too_large"
 
 
 def test_truncated_header_and_garbage_are_refused() -> None:

@@ -279,3 +279,42 @@ def test_default_split_follows_the_tables_split_column(table_dir: Path, tmp_path
     frame = pd.read_csv(table_dir / "table.csv")
     assert (prepared.splits[frame["split"] == "test"] == "test").all()
     assert set(prepared.splits[frame["split"] == "train"]) <= {"train", "val"}
+
+
+def test_media_paths_off_makes_strings_data_never_files(table_dir: Path, tmp_path: Path) -> None:
+    """What a server relies on: with media_paths=False a cell naming a real file is refused, not read."""
+    prepared = prepare_data(_config(table_dir / "table.csv", tmp_path / "cache"), show_progress=False)
+    real = str(table_dir / "media" / "0.png")
+    encoded = base64.b64encode((table_dir / "media" / "0.png").read_bytes()).decode()
+    local = read_table([{"photo": real}])
+    served = read_table([{"photo": real}])
+    served.media_paths = False
+    assert (
+        MultimodalDataset(local, prepared.preprocessor, with_targets=False)[0]["inputs"]["photo"] is not None
+    )
+    with pytest.raises(DataError, match="file paths are not accepted here") as info:
+        MultimodalDataset(served, prepared.preprocessor, with_targets=False)[0]
+    assert info.value.problems[0].file is not None  # the cell is named, but never opened:
+    assert "No such file" not in str(info.value) and "not found" not in str(info.value)
+    # the same picture as base64 is accepted, and gives the same tensor as the file
+    as_data = read_table([{"photo": encoded}])
+    as_data.media_paths = False
+    from_data = MultimodalDataset(as_data, prepared.preprocessor, with_targets=False)[0]["inputs"]["photo"]
+    from_file = MultimodalDataset(local, prepared.preprocessor, with_targets=False)[0]["inputs"]["photo"]
+    assert torch.equal(from_data, from_file)
+
+
+@pytest.mark.parametrize(
+    "value", ["/etc/passwd", "~/.ssh/id_rsa", "../../x.wav", "file:///etc/passwd", "http://169.254.169.254/"]
+)
+def test_resolve_media_without_paths_refuses_names_and_urls(value: str) -> None:
+    from polyfuse.data.errors import MediaError
+    from polyfuse.data.media import resolve_media
+
+    with pytest.raises(MediaError) as info:
+        resolve_media(value, Path("/"), allow_paths=False)
+    if "://" not in value:  # URLs are named as URLs; a file name is never echoed (nor said to exist)
+        assert value not in info.value.message and "base64" in info.value.message
+    with pytest.raises(MediaError):
+        resolve_media(Path(value), None, allow_paths=False)
+    assert resolve_media(base64.b64encode(b"RIFF1234").decode(), None, allow_paths=False) == b"RIFF1234"

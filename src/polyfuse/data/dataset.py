@@ -37,6 +37,7 @@ class MultimodalDataset(Dataset[dict[str, Any]]):
         self.rows = [{str(k): v for k, v in r.items()} for r in table.frame.to_dict("records")]
         self.base_dir = table.base_dir
         self.allow_base64 = table.from_python
+        self.allow_paths = table.media_paths
         self.preprocessor = preprocessor
         self.augment = augment
         self.seed = seed
@@ -57,7 +58,11 @@ class MultimodalDataset(Dataset[dict[str, Any]]):
             generator = torch.Generator().manual_seed(int(state) & 0x7FFF_FFFF_FFFF_FFFF)
         try:
             inputs = self.preprocessor.encode_inputs(
-                row, self.base_dir, allow_base64=self.allow_base64, generator=generator
+                row,
+                self.base_dir,
+                allow_base64=self.allow_base64,
+                allow_paths=self.allow_paths,
+                generator=generator,
             )
             targets = self.preprocessor.encode_targets(row) if self.with_targets else {}
         except DataError as e:

@@ -4,6 +4,11 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from dataclasses import dataclass, replace
+from typing import Literal
+
+# Why a value was refused, so that a server can answer 422 (invalid), 413 (over a size limit) or 415
+# (a format that is not allowed) without parsing messages.
+ProblemKind = Literal["invalid", "too_large", "unsupported"]
 
 
 class MediaError(ValueError):
@@ -13,10 +18,11 @@ class MediaError(ValueError):
     in a `Problem` that does.
     """
 
-    def __init__(self, message: str, fix: str = "") -> None:
+    def __init__(self, message: str, fix: str = "", kind: ProblemKind = "invalid") -> None:
         super().__init__(message)
         self.message = message
         self.fix = fix
+        self.kind: ProblemKind = kind
 
 
 @dataclass(frozen=True)
@@ -28,6 +34,7 @@ class Problem:
     column: str | None = None
     file: str | None = None
     fix: str = ""
+    kind: ProblemKind = "invalid"
 
     def at_row(self, row: int) -> Problem:
         """The same problem located at `row` (callers that know the row add it)."""

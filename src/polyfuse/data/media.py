@@ -41,17 +41,24 @@ def describe_source(source: MediaSource) -> str:
     return str(source) if isinstance(source, Path) else f"<{len(source)} bytes>"
 
 
-def resolve_media(value: object, base_dir: Path | None, allow_base64: bool = True) -> MediaSource | None:
+def resolve_media(
+    value: object, base_dir: Path | None, allow_base64: bool = True, allow_paths: bool = True
+) -> MediaSource | None:
     """Turn a table cell into a MediaSource; None when the cell is missing.
 
     Relative paths resolve against `base_dir` (the table's folder). URLs are refused: polyfuse never
     fetches remote inputs (a server that does is an SSRF hole). Base64 is accepted as a data URI, or, when
     `allow_base64` (tables built in Python), as a long string that decodes cleanly and is not a path.
+
+    `allow_paths=False` is for values from someone else (a server's requests): a string is then only ever
+    data (base64 or a data URI), never a file name, so a request cannot make polyfuse read its own files.
     """
     if is_missing(value):
         return None
     if isinstance(value, bytes | bytearray | memoryview):
         return bytes(value)
+    if not allow_paths:
+        return _data_only(value)
     if isinstance(value, Path):
         path = value
     elif isinstance(value, str):
@@ -59,10 +66,7 @@ def resolve_media(value: object, base_dir: Path | None, allow_base64: bool = Tru
         if _DATA_URI.match(text):
             return _b64decode(text.split(",", 1)[1])
         if _URL.match(text):
-            raise MediaError(
-                f"URLs are not accepted as media ('{text[:60]}')",
-                "download the file and give its local path, or pass its bytes",
-            )
+            raise _url_refused(text)
         if allow_base64 and len(text) >= 64 and _BASE64_CHARS.match(text) and "/" not in text[:1]:
             decoded = _try_b64decode(text)
             if decoded is not None:
@@ -82,7 +86,9 @@ def read_source_bytes(source: MediaSource, max_bytes: int) -> bytes:
     """The encoded bytes of a source, refusing files larger than `max_bytes` before reading them."""
     if isinstance(source, bytes):
         if len(source) > max_bytes:
-            raise MediaError(f"{len(source)} bytes is over the {max_bytes}-byte limit", "use a smaller file")
+            raise MediaError(
+                f"{len(source)} bytes is over the {max_bytes}-byte limit", "use a smaller file", "too_large"
+            )
         return source
     try:
         size = source.stat().st_size
@@ -97,8 +103,38 @@ def read_source_bytes(source: MediaSource, max_bytes: int) -> bytes:
     if not source.is_file():
         raise MediaError(f"not a regular file: {source}", "point the cell at a file")
     if size > max_bytes:
-        raise MediaError(f"file is {size} bytes, over the {max_bytes}-byte limit", "use a smaller file")
+        raise MediaError(
+            f"file is {size} bytes, over the {max_bytes}-byte limit", "use a smaller file", "too_large"
+        )
     return source.read_bytes()
+
+
+def _url_refused(
+    text: str, fix: str = "download the file and give its local path, or pass its bytes"
+) -> MediaError:
+    return MediaError(f"URLs are not accepted as media ('{text[:60]}')", fix)
+
+
+def _data_only(value: object) -> bytes:
+    """A media value that must be the file's bytes as base64 (or a base64 data URI): never a path."""
+    if not isinstance(value, str):
+        raise MediaError(
+            f"expected the file's bytes as a base64 string, got {type(value).__name__}",
+            "send the file's bytes base64-encoded",
+        )
+    text = value.strip()
+    if _DATA_URI.match(text):
+        return _b64decode(text.split(",", 1)[1])
+    if _URL.match(text):
+        raise _url_refused(text, "send the file's bytes base64-encoded")
+    decoded = _try_b64decode("".join(text.split()))  # line-wrapped base64 (e.g. `base64` output) is fine
+    if decoded is None:
+        # Never echo the value: it may be a path, and saying whether it exists would leak the file system.
+        raise MediaError(
+            "not valid base64: file paths are not accepted here, only the file's bytes",
+            "send the file's bytes base64-encoded (standard alphabet, with padding)",
+        )
+    return decoded
 
 
 def _try_b64decode(text: str) -> bytes | None:

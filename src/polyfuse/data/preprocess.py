@@ -151,9 +151,11 @@ class Preprocessor:
         base_dir: Path | None,
         *,
         allow_base64: bool = True,
+        allow_paths: bool = True,
         generator: torch.Generator | None = None,
     ) -> Sample:
         """Input name → tensor (None where missing). `generator` turns on train-time augmentation.
+        `allow_paths=False`: media strings are base64 data only, never file names (see `resolve_media`).
 
         Raises DataError listing every bad cell of the row (row number left for the caller to add).
         """
@@ -167,12 +169,12 @@ class Preprocessor:
                     sample[name] = self._category(row)
                 else:
                     sample[name] = self._single(
-                        name, modality, row.get(name), base_dir, allow_base64, generator
+                        name, modality, row.get(name), base_dir, allow_base64, allow_paths, generator
                     )
             except MediaError as e:
                 cell = row.get(name)
                 file = None if is_missing(cell) or not isinstance(cell, str) or len(cell) > 300 else cell
-                problems.append(Problem(e.message, column=name, file=file, fix=e.fix))
+                problems.append(Problem(e.message, column=name, file=file, fix=e.fix, kind=e.kind))
         if problems:
             raise DataError(problems)
         return sample
@@ -184,6 +186,7 @@ class Preprocessor:
         cell: object,
         base_dir: Path | None,
         allow_base64: bool,
+        allow_paths: bool,
         generator: torch.Generator | None,
     ) -> Tensor | None:
         cfg = self.state.config
@@ -191,7 +194,7 @@ class Preprocessor:
             if cell is None or (not isinstance(cell, str) and is_missing(cell)) or cell == "":
                 return None
             return tokenize(cell, self.tokenizer, cfg.text)  # type: ignore[arg-type]
-        source = resolve_media(cell, base_dir, allow_base64=allow_base64)
+        source = resolve_media(cell, base_dir, allow_base64=allow_base64, allow_paths=allow_paths)
         if source is None:
             return None
         if modality is Modality.IMAGE:
@@ -229,7 +232,7 @@ class Preprocessor:
             try:
                 z = self.state.numeric[column].transform(row.get(column), self.state.config.numeric)
             except MediaError as e:
-                problems.append(Problem(e.message, column=column, fix=e.fix))
+                problems.append(Problem(e.message, column=column, fix=e.fix, kind=e.kind))
                 z = None
             values.append(float("nan") if z is None else z)
         if all(np.isnan(values)):

@@ -30,11 +30,15 @@ class Table:
     base_dir: the table file's folder, or None for a table built in Python (then relative paths resolve
               against the working directory and base64 strings are accepted as media)
     source:   the file read, if any
+    media_paths: whether a string in an image / audio cell may name a file. On for local tables (a file
+              or rows built in Python); a server turns it off, so a request's strings are only ever data
+              (base64) and can never make it read one of its own files.
     """
 
     frame: pd.DataFrame
     base_dir: Path | None = None
     source: Path | None = None
+    media_paths: bool = True
 
     @property
     def from_python(self) -> bool:
@@ -45,7 +49,9 @@ class Table:
 
     def subset(self, rows: list[int] | pd.Index) -> Table:
         """Rows by position, renumbered; the base folder is kept."""
-        return Table(self.frame.iloc[list(rows)].reset_index(drop=True), self.base_dir, self.source)
+        return Table(
+            self.frame.iloc[list(rows)].reset_index(drop=True), self.base_dir, self.source, self.media_paths
+        )
 
 
 def read_table(

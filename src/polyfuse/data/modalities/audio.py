@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import functools
 import math
+import struct
 from io import BytesIO
 from typing import Any, Literal
 
@@ -145,10 +146,12 @@ def decode_audio(source: MediaSource, cfg: AudioConfig) -> npt.NDArray[np.float3
     (and zero-padded to it when cfg.pad_to_max_seconds). Raises MediaError for anything unusable."""
     data = read_source_bytes(source, cfg.max_file_bytes)
     name = describe_source(source)
+    _check_wav_length(data, name)
     try:
         with sf.SoundFile(BytesIO(data)) as stream:
             rate = int(stream.samplerate)
             _check_stream(rate, int(stream.channels), cfg, name)
+            _check_declared_duration(int(stream.frames), rate, cfg, name)
             mono = _read_mono(stream, rate, cfg, name)  # (n,) at the file's rate, n <= max_seconds + margin
     except MediaError:
         raise
@@ -172,6 +175,47 @@ def decode_audio(source: MediaSource, cfg: AudioConfig) -> npt.NDArray[np.float3
     if cfg.pad_to_max_seconds and len(mono) < max_frames:
         mono = np.pad(mono, (0, max_frames - len(mono)))
     return np.ascontiguousarray(mono, dtype=np.float32)
+
+
+def _check_wav_length(data: bytes, name: str) -> None:
+    """Refuse a WAV whose `data` chunk claims more bytes than the file holds.
+
+    libsndfile quietly clamps such a header to what is there and decodes the rest, so a truncated upload
+    (or a header forged to claim 2^31 frames) would pass as a shorter, different sound. Only the chunk
+    headers are read: (id: 4 bytes, size: uint32 little-endian), padded to even sizes. Other containers
+    are left to the decoder.
+    """
+    if len(data) < 12 or data[:4] != b"RIFF" or data[8:12] != b"WAVE":
+        return
+    offset, block_align = 12, 0
+    while offset + 8 <= len(data):
+        chunk_id = data[offset : offset + 4]
+        (size,) = struct.unpack_from("<I", data, offset + 4)
+        body = offset + 8
+        if chunk_id == b"fmt " and size >= 14 and body + 14 <= len(data):
+            (block_align,) = struct.unpack_from("<H", data, body + 12)  # bytes per frame, all channels
+        if chunk_id == b"data":
+            held = len(data) - body
+            if size > held:
+                unit = max(block_align, 1)
+                raise MediaError(
+                    f"{name}: truncated WAV: its header claims {size // unit} frames ({size} bytes of "
+                    f"samples) but the file holds {held // unit} ({held} bytes)",
+                    "upload the whole file, or re-export it so its header matches its length",
+                )
+            return
+        offset = body + size + (size & 1)
+
+
+def _check_declared_duration(frames: int, rate: int, cfg: AudioConfig, name: str) -> None:
+    """Refuse from the header alone a file that says it is longer than allowed, before decoding it."""
+    if frames > cfg.max_decode_seconds * rate:
+        raise MediaError(
+            f"{name}: the header says the audio lasts {frames / rate:.4g} s, over "
+            f"audio.max_decode_seconds = {cfg.max_decode_seconds} s",
+            "cut the file, or raise audio.max_decode_seconds",
+            "too_large",
+        )
 
 
 def _check_stream(rate: int, channels: int, cfg: AudioConfig, name: str) -> None:
@@ -208,6 +252,7 @@ def _read_mono(stream: sf.SoundFile, rate: int, cfg: AudioConfig, name: str) -> 
             raise MediaError(
                 f"{name}: audio is longer than audio.max_decode_seconds = {cfg.max_decode_seconds} s",
                 "cut the file, or raise audio.max_decode_seconds",
+                "too_large",
             )
         if not np.isfinite(block).all():
             raise MediaError(f"{name}: the file holds non-finite samples (NaN or Inf)", "re-export the audio")

@@ -236,6 +236,7 @@ def _unidentified(data: bytes, cfg: ImageConfig, name: str) -> MediaError:
         return MediaError(
             f"{name}: not a recognised image (first bytes {data[:8]!r})",
             f"give a file in one of the allowed formats: {allowed}",
+            "unsupported",
         )
     if sniffed in cfg.formats:
         return MediaError(
@@ -246,6 +247,7 @@ def _unidentified(data: bytes, cfg: ImageConfig, name: str) -> MediaError:
     return MediaError(
         f"{name}: format '{sniffed}' not allowed; allowed: {allowed}",
         "convert the file to an allowed format, or add the format to image.formats if you trust it",
+        "unsupported",
     )
 
 
@@ -254,6 +256,7 @@ def _too_large(error: Exception, cfg: ImageConfig) -> MediaError:
         f"image is too large to decode safely: {error} (limit image.max_pixels = {cfg.max_pixels}; "
         f"Pillow's own limit is {Image.MAX_IMAGE_PIXELS})",
         "shrink the image",
+        "too_large",
     )
 
 
@@ -266,6 +269,7 @@ def _check_header(image: Image.Image, cfg: ImageConfig, name: str) -> None:
         raise MediaError(
             f"{name}: image claims {width}x{height} pixels, over the limit of {cfg.max_pixels} pixels",
             "raise image.max_pixels or shrink the image",
+            "too_large",
         )
 
 

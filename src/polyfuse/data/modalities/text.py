@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import functools
 import os
+import threading
 from pathlib import Path
 from typing import Any
 
@@ -13,6 +14,10 @@ from pydantic import BaseModel, ConfigDict, Field
 from polyfuse.data.errors import MediaError
 
 MINILM = "minilm"
+# Hugging Face fast tokenizers are Rust objects that raise "RuntimeError: Already borrowed" when two
+# threads use one at once (truncation settings are changed in place on every call). Tokenizers are shared
+# (load_tokenizer caches them), so every call goes through this lock; tokenising is short next to decoding.
+_TOKENIZER_LOCK = threading.Lock()
 
 
 class TextConfig(BaseModel):
@@ -67,9 +72,12 @@ def tokenize(text: str, tokenizer: Any, cfg: TextConfig) -> torch.Tensor:
         raise MediaError("text is blank", "leave the cell empty to mark the text missing, or drop the row")
     if len(text) > cfg.max_chars:
         raise MediaError(
-            f"text has {len(text)} characters, over text.max_chars={cfg.max_chars}", "shorten the text"
+            f"text has {len(text)} characters, over text.max_chars={cfg.max_chars}",
+            "shorten the text",
+            "too_large",
         )
-    ids = tokenizer(text, truncation=True, max_length=cfg.max_length)["input_ids"]
+    with _TOKENIZER_LOCK:
+        ids = tokenizer(text, truncation=True, max_length=cfg.max_length)["input_ids"]
     return torch.tensor(ids, dtype=torch.long)
 
 
