@@ -46,7 +46,8 @@ def _post(port: int, rows: list[dict[str, Any]], timeout: float = 30) -> tuple[i
 
 
 def _wait_ready(port: int, process: subprocess.Popen[bytes]) -> None:
-    for _ in range(300):
+    deadline = time.monotonic() + 180  # start-up imports torch and loads the model: slow on a busy box
+    while time.monotonic() < deadline:
         assert process.poll() is None, process.stderr.read().decode() if process.stderr else ""
         try:
             with urllib.request.urlopen(f"http://127.0.0.1:{port}/readyz", timeout=1) as response:
