@@ -6,6 +6,7 @@ from pathlib import Path
 from typing import Any
 
 import pandas as pd
+import yaml
 
 from polyfuse.atomic import atomic_write_text
 from polyfuse.data.errors import DataError, Problem
@@ -21,7 +22,6 @@ def _rows(
     split: str | None,
     *,
     encoding: str | None = None,
-    refuse_training_rows: bool = False,
 ) -> Table:
     """The rows of `table_path` to score: all of them, or one split. A split comes from the table's split
     column, or, for the table the model was trained on with a drawn split (random / stratified / group),
@@ -30,17 +30,6 @@ def _rows(
     table = read_table(table_path, encoding=encoding if encoding is not None else data.encoding)
     trained_on = _same_file(data.table, table_path)
     if split is None or split.lower() == "all":
-        if split is None and trained_on and refuse_training_rows:
-            raise DataError(
-                [
-                    Problem(
-                        "this is the table the model was trained on: scoring all of it would score the rows "
-                        "it was trained on",
-                        file=str(table_path),
-                        fix="pass --split test (or --split val), or --split all to score every row anyway",
-                    )
-                ]
-            )
         return table
     present = set(map(str, table.frame.columns))
     known = data.model_copy(
@@ -77,6 +66,25 @@ def _rows(
     return table.subset(rows)
 
 
+def _refuse_training_table(model_dir: Path, table_path: Path, split: str | None) -> None:
+    """Scoring the whole training table would score the rows the model was trained on."""
+    saved = Path(model_dir) / "config.yaml"
+    if split is not None or not saved.is_file():
+        return  # a missing model folder is reported by the Predictor
+    trained_on = (yaml.safe_load(saved.read_text()) or {}).get("data", {}).get("table")
+    if isinstance(trained_on, str) and _same_file(Path(trained_on), table_path):
+        raise DataError(
+            [
+                Problem(
+                    "this is the table the model was trained on: scoring all of it would score the rows "
+                    "it was trained on",
+                    file=str(table_path),
+                    fix="pass --split test (or --split val), or --split all to score every row anyway",
+                )
+            ]
+        )
+
+
 def _same_file(a: Path, b: Path) -> bool:
     try:
         return Path(a).resolve() == Path(b).resolve()
@@ -93,10 +101,9 @@ def evaluate_table(
 ) -> dict[str, Any]:
     """Metrics on the rows of one split (or, with split 'all' or on another table than the training one,
     every row). The training table without a split is refused: it would score the training rows."""
+    _refuse_training_table(model_dir, table_path, split)  # before the model loads: fail fast
     predictor = Predictor(model_dir, show_progress=show_progress)
-    return predictor.evaluate(
-        _rows(predictor, table_path, split, encoding=encoding, refuse_training_rows=True)
-    )
+    return predictor.evaluate(_rows(predictor, table_path, split, encoding=encoding))
 
 
 def predict_table(

@@ -9,6 +9,7 @@ from typing import Any
 
 import lightning as L
 from lightning.pytorch.callbacks import Callback, RichProgressBar
+from rich.progress import BarColumn
 
 
 def headline_metrics(metrics: dict[str, Any], live: bool = False) -> dict[str, float]:
@@ -44,10 +45,33 @@ class EpochLog(Callback):
 
 
 class CompactProgressBar(RichProgressBar):
-    """Lightning's rich bar with only the headline metrics: with every auxiliary loss it ran past 100
-    columns and rich cut the fields off."""
+    """Lightning's rich bar, narrower and with only the headline metrics under short names: with every
+    auxiliary loss it ran past 100 columns and rich cut the fields off."""
+
+    def configure_columns(self, trainer: L.Trainer) -> list[Any]:
+        columns: list[Any] = []
+        for column in super().configure_columns(trainer):
+            if isinstance(column, BarColumn):
+                column.bar_width = BAR_WIDTH
+            # batches per second: room for the metrics instead (the time columns stay)
+            if type(column).__name__ != "ProcessingSpeedColumn":
+                columns.append(column)
+        return columns
+
+    def _get_train_description(self, current_epoch: int) -> str:
+        # Lightning counts epochs from 0 ("Epoch 0/19"); the per-epoch log lines and the docs count from 1.
+        return f"Epoch {current_epoch + 1}/{self.trainer.max_epochs}"
 
     def get_metrics(
         self, trainer: L.Trainer, pl_module: L.LightningModule
     ) -> dict[str, int | str | float | dict[str, float]]:
-        return {k: round(v, 4) for k, v in headline_metrics(trainer.callback_metrics, live=True).items()}
+        return {
+            # val_label_accuracy -> label_acc
+            (
+                k.removeprefix("val_").removesuffix("_accuracy") + "_acc" if k.endswith("_accuracy") else k
+            ): round(v, 4)
+            for k, v in headline_metrics(trainer.callback_metrics, live=True).items()
+        }
+
+
+BAR_WIDTH = 16  # columns of the bar itself (rich's default is 40)
