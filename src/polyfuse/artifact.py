@@ -143,7 +143,9 @@ def load_model(directory: Path | str) -> tuple[MultimodalModel, RunConfig, Prepr
     backbone_prefixes = tuple(
         f"encoders.{model.input_keys[n]}."
         for n, e in encoders.items()
-        if "name_or_path" in e.options and str(e.options["name_or_path"]).startswith(str(directory))
+        # _resolve_backbone made the path absolute: compare with the absolute folder (a relative
+        # `directory` never matched, so a model with a backbone failed to load from a relative path)
+        if "name_or_path" in e.options and str(e.options["name_or_path"]).startswith(str(directory.resolve()))
     )
     missing = [k for k in missing if not k.startswith(backbone_prefixes)]
     if missing or unexpected:

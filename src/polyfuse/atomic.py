@@ -59,6 +59,10 @@ def atomic_replace_dir(staging: Path, target: Path) -> None:
     The old folder is renamed aside first and removed only after the new one is in place, so at every
     moment one complete folder exists at `target` or its aside name.
     """
+    # Libraries that write into the folder make some entries private (safetensors: 0600 weights).
+    for entry in staging.rglob("*"):
+        if not entry.is_symlink():
+            plain_mode(entry, directory=entry.is_dir())
     plain_mode(staging, directory=True)
     aside = target.with_name(f".{target.name}.old")
     if aside.exists():

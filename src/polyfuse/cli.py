@@ -4,16 +4,21 @@ from __future__ import annotations
 
 import sys
 from pathlib import Path
-from typing import Annotated, Literal
+from typing import Annotated, Any, Literal
 
 import typer
 from rich.console import Console
 from rich.table import Table as RichTable
+from typer.core import TyperCommand, TyperGroup
 
 from polyfuse.data.errors import DataError
 
 app = typer.Typer(
-    help="polyfuse: multimodal models from a table.", no_args_is_help=True, add_completion=False
+    help="polyfuse: multimodal models from a table.\n\nExit status: 0 on success; 2 for a mistake in the "
+    "data, the config or the command line (the message names the row, column, file or field); "
+    "`data inspect` exits 1 when it lists problems in the table.",
+    no_args_is_help=True,
+    add_completion=False,
 )
 data_app = typer.Typer(help="Look at a table before training on it.", no_args_is_help=True)
 datasets_app = typer.Typer(help="Build ready-made benchmark tables.", no_args_is_help=True)
@@ -24,12 +29,40 @@ app.add_typer(index_app, name="index")
 app.add_typer(datasets_app, name="datasets")
 datasets_app.add_typer(build_app, name="build")
 
+
+def _print_version(value: bool) -> None:
+    if value:
+        from polyfuse import __version__
+
+        typer.echo(f"polyfuse {__version__}")
+        raise typer.Exit()
+
+
+@app.callback()
+def _options(
+    version: Annotated[
+        bool,
+        typer.Option("--version", callback=_print_version, is_eager=True, help="print the version and exit"),
+    ] = False,
+) -> None:
+    """Options of `polyfuse` itself."""
+
+
 console = Console(soft_wrap=True)
 err_console = Console(stderr=True, soft_wrap=True)
 
 
 # Options several commands share.
-TableArg = Annotated[Path, typer.Argument(help="CSV, TSV, JSONL or Parquet table")]
+TableArg = Annotated[Path, typer.Argument(metavar="TABLE", help="CSV, TSV, JSONL or Parquet table")]
+EncodingOption = Annotated[
+    str | None,
+    typer.Option(
+        help="the table's text encoding, e.g. cp1252 (default: UTF-8; a byte-order mark is honoured)"
+    ),
+]
+# The fusion registry's names (tests check this against polyfuse.models.fusion.list_fusions()); spelled
+# out here so `--help` does not import torch.
+FUSION_NAMES = "concat, cross_attention, gated, lowrank, tensor, transformer"
 ColumnOption = Annotated[
     list[str] | None,
     typer.Option("--column", "-c", help="override a column's kind: COLUMN=KIND (repeatable)"),
@@ -54,8 +87,12 @@ def data_inspect(
     target: TargetOption = None,
     cache_dir: Annotated[Path | None, typer.Option(help="feature cache folder")] = None,
     max_problems: Annotated[int, typer.Option(help="problems to list")] = 50,
+    encoding: EncodingOption = None,
 ) -> None:
-    """Print the inferred schema, counts, missing rates, class balance and every problem found."""
+    """Print the inferred schema, counts, missing rates, class balance and every problem found.
+
+    Exit status: 0 when the table is ready to train on, 1 when problems were found (listed), 2 when the
+    table cannot be read at all."""
     from polyfuse.data.inspect import inspect_table
     from polyfuse.data.prepare import DataConfig
 
@@ -64,6 +101,7 @@ def data_inspect(
         columns=_parse_overrides(column or []),
         targets={t: None for t in target or []},
         cache_dir=cache_dir,
+        encoding=encoding,
     )
     report = inspect_table(config, show_progress=sys.stderr.isatty())
     console.print(f"[bold]{report.table}[/bold]: {report.rows} rows, {len(report.columns)} columns")
@@ -77,18 +115,30 @@ def data_inspect(
     for target_name, counts in report.class_balance.items():
         shown = ", ".join(f"{k}: {v}" for k, v in list(counts.items())[:30])
         console.print(f"class balance of '{target_name}' ({len(counts)} classes): {shown}")
-    if report.problems:
-        console.print(
-            f"[bold red]{len(report.problems)} problem(s)[/bold red] "
-            f"in {len({p.row for p in report.problems})} row(s):"
-        )
-        for p in report.problems[:max_problems]:
-            console.print(f"  - {p}", markup=False)
-        if len(report.problems) > max_problems:
-            console.print(f"  ... and {len(report.problems) - max_problems} more (--max-problems)")
-        console.print("Fix them, or train with --drop-invalid to drop those rows.")
-    else:
+    for target_name, summary in report.numeric_targets.items():
+        shown = ", ".join(f"{k} {v:g}" for k, v in summary.items())
+        console.print(f"'{target_name}' is numeric (regression): {shown}")
+    if not report.problems:
         console.print("[green]no problems found[/green]")
+        return
+    bad_rows = {p.row for p in report.problems if p.row is not None}
+    console.print(
+        f"[bold red]{len(report.problems)} problem(s)[/bold red]"
+        + (f" in {len(bad_rows)} row(s)" if bad_rows else "")
+        + ":"
+    )
+    for p in report.problems[:max_problems]:
+        console.print(f"  - {p}", markup=False)
+    if len(report.problems) > max_problems:
+        console.print(f"  ... and {len(report.problems) - max_problems} more (--max-problems)")
+    if len(bad_rows) == len(report.problems) and len(bad_rows) < report.rows:
+        console.print(
+            f"Fix them, or train with --drop-invalid to drop those {len(bad_rows)} row(s) "
+            f"({report.rows - len(bad_rows)} remain)."
+        )
+    else:
+        console.print("Fix them before training.")
+    raise typer.Exit(1)
 
 
 @data_app.command("preview")
@@ -100,6 +150,7 @@ def data_preview(
     batch_size: Annotated[int, typer.Option(help="rows in the batch")] = 8,
     split: Annotated[str, typer.Option(help="split to draw the batch from")] = "train",
     augment: Annotated[bool, typer.Option(help="apply train-time augmentation")] = False,
+    encoding: EncodingOption = None,
 ) -> None:
     """Validate the table, then print one collated batch: tensor shapes, dtypes and presence masks."""
     from polyfuse.data.preview import preview_batch
@@ -113,6 +164,7 @@ def data_preview(
         split=split,
         augment=augment,
         show_progress=sys.stderr.isatty(),
+        encoding=encoding,
     )
     for line in lines:
         console.print(line, markup=False, highlight=False)
@@ -184,15 +236,16 @@ def init_command(
         "config.yaml"
     ),
     column: ColumnOption = None,
-    fusion: Annotated[
-        str, typer.Option(help="fusion: concat, gated, tensor, lowrank, cross_attention, transformer")
-    ] = "gated",
+    fusion: Annotated[str, typer.Option(help=f"fusion: {FUSION_NAMES}")] = "gated",
     preset: Annotated[str | None, typer.Option(help="preprocessing preset, e.g. av-digits")] = None,
     force: Annotated[bool, typer.Option(help="overwrite an existing config file")] = False,
+    encoding: EncodingOption = None,
 ) -> None:
-    """Write a complete config for TABLE, with defaults chosen from its inferred schema."""
+    """Write a complete config for TABLE, with defaults chosen from its inferred schema.
+
+    The config is written only when it passes every check `polyfuse validate` runs."""
     from polyfuse.atomic import atomic_write_text
-    from polyfuse.init_config import init_config, relative_to_config
+    from polyfuse.init_config import check_config, init_config, relative_to_config
 
     if output.exists() and not force:
         raise DataError(f"{output} exists; pass --force to overwrite it")
@@ -204,7 +257,11 @@ def init_command(
         fusion=fusion,
         preset=preset,
         objectives=objective,
+        encoding=encoding,
     )
+    problems = check_config(config)
+    if problems:
+        raise DataError(problems)
     atomic_write_text(output, relative_to_config(config, output).to_yaml())
     inputs = ", ".join(f"{n} ({e.name})" for n, e in config.encoders.items())
     objectives = ", ".join(o.name for o in config.objectives)
@@ -218,15 +275,20 @@ def init_command(
 def validate_command(
     config_path: Annotated[Path, typer.Argument(metavar="CONFIG", help="config YAML")],
 ) -> None:
-    """Check a config: every error (field, registry name, option, column) is reported at once."""
-    from polyfuse.config import load_config
+    """Check CONFIG without training: every error (field, registry name, option value, column, split) that
+    `polyfuse train` would stop on is reported at once. Exit status 0 when valid, 2 when not."""
+    from polyfuse.config import read_config
     from polyfuse.init_config import check_config
 
-    config = load_config(config_path)
-    problems = check_config(config)
+    config, problems = read_config(config_path)
+    if config is not None:
+        problems += check_config(config)
     if problems:
         raise DataError(problems)
-    console.print(f"[green]{config_path} is valid[/green]")
+    console.print(
+        f"[green]{config_path} is valid[/green]: every check `polyfuse train` runs before training passed. "
+        "Rows and media files are checked as training starts (or now: polyfuse data inspect)."
+    )
 
 
 @app.command("train")
@@ -234,11 +296,13 @@ def train_command(
     config_path: Annotated[
         Path, typer.Argument(metavar="CONFIG", help="config YAML (polyfuse init writes one)")
     ],
-    output: Annotated[Path, typer.Option("--output", "-o", help="run folder: checkpoints, logs, model/")],
+    output: Annotated[
+        Path, typer.Option("--output", "-o", metavar="RUN_DIR", help="run folder: checkpoints, logs, model/")
+    ],
     resume: Annotated[bool, typer.Option(help="continue from RUN_DIR/checkpoints/last.ckpt")] = False,
     epochs: Annotated[int | None, typer.Option(help="override training.epochs")] = None,
     seed: Annotated[int | None, typer.Option(help="override training.seed")] = None,
-    fusion: Annotated[str | None, typer.Option(help="override fusion.name")] = None,
+    fusion: Annotated[str | None, typer.Option(help=f"override fusion.name: {FUSION_NAMES}")] = None,
     drop_invalid: Annotated[bool, typer.Option(help="drop rows with problems instead of failing")] = False,
     init_from: Annotated[
         Path | None,
@@ -247,31 +311,44 @@ def train_command(
             "folder; override training.init_from"
         ),
     ] = None,
+    verbose: Annotated[
+        bool, typer.Option("--verbose", "-v", help="also print the whole resolved config")
+    ] = False,
+    quiet: Annotated[bool, typer.Option("--quiet", "-q", help="print only errors and the results")] = False,
 ) -> None:
-    """Train a model; writes RUN_DIR/model (and checkpoints, logs, metrics.json)."""
-    from polyfuse.config import load_config
+    """Train a model from CONFIG; writes RUN_DIR/model (and checkpoints, logs, metrics.json).
+
+    Prints a short summary of the run, then progress: a bar on a terminal, one line per epoch otherwise
+    (a log file, CI). Exit status 0 on success, 2 on a mistake in the config or the data."""
+    from polyfuse.config import read_config
     from polyfuse.init_config import check_config
     from polyfuse.training.run import train
 
-    config = load_config(config_path)
-    training = config.training.model_copy(
-        update={
-            k: v for k, v in {"epochs": epochs, "seed": seed, "init_from": init_from}.items() if v is not None
-        }
-    )
-    updates: dict[str, object] = {"training": training}
-    if fusion is not None:
-        updates["fusion"] = config.fusion.model_copy(update={"name": fusion})
-    if drop_invalid:
-        updates["data"] = config.data.model_copy(update={"drop_invalid": True})
-    config = config.model_copy(update=updates)
-    problems = check_config(config)
-    if problems:
-        raise DataError(problems)
-    console.rule("resolved config")
-    console.print(config.to_yaml(), markup=False, highlight=False)
-    result = train(config, output, resume=resume, show_progress=sys.stderr.isatty(), log=console.print)
-    console.rule("result")
+    config, problems = read_config(config_path)
+    if config is not None:
+        training = config.training.model_copy(
+            update={
+                k: v
+                for k, v in {"epochs": epochs, "seed": seed, "init_from": init_from}.items()
+                if v is not None
+            }
+        )
+        updates: dict[str, object] = {"training": training}
+        if fusion is not None:
+            updates["fusion"] = config.fusion.model_copy(update={"name": fusion})
+        if drop_invalid:
+            updates["data"] = config.data.model_copy(update={"drop_invalid": True})
+        config = config.model_copy(update=updates)
+    if problems or config is None:
+        # The same one-pass report as `polyfuse validate`; train() runs check_config itself otherwise.
+        raise DataError(problems + (check_config(config) if config is not None else []))
+    if verbose:
+        console.rule("resolved config")
+        console.print(config.to_yaml(), markup=False, highlight=False)
+    log = (lambda *args, **kwargs: None) if quiet else _plain_print
+    result = train(config, output, resume=resume, show_progress=sys.stdout.isatty() and not quiet, log=log)
+    if not quiet:
+        console.print(f"resolved config saved to {output / 'config.yaml'}; logs in {output / 'logs'}")
     for split in ("val", "test"):
         for target, values in result.metrics.get(split, {}).items():
             shown = ", ".join(f"{k} {v:.4f}" for k, v in values.items() if isinstance(v, float))
@@ -281,19 +358,29 @@ def train_command(
 
 @app.command("evaluate")
 def evaluate_command(
-    model_dir: Annotated[Path, typer.Argument(help="model directory (RUN_DIR/model)")],
-    table: Annotated[Path, typer.Argument(help="table with the target columns")],
+    model_dir: Annotated[Path, typer.Argument(metavar="MODEL_DIR", help="model directory (RUN_DIR/model)")],
+    table: Annotated[Path, typer.Argument(metavar="TABLE", help="table with the target columns")],
     split: Annotated[
-        str | None, typer.Option(help="only rows whose split column has this value, e.g. test")
+        str | None,
+        typer.Option(
+            help="score one split: test, val or train (from the split column, or drawn again as training "
+            "drew it); 'all' scores every row"
+        ),
     ] = None,
     output: Annotated[Path | None, typer.Option("--output", "-o", help="write metrics as JSON here")] = None,
+    encoding: EncodingOption = None,
 ) -> None:
-    """Accuracy, macro precision/recall/F1 and the confusion matrix (or MAE/RMSE/R²) on TABLE."""
+    """Accuracy, macro precision/recall/F1 and the confusion matrix (or MAE/RMSE/R²) of MODEL_DIR on TABLE.
+
+    On the table the model was trained on, name a split (--split test): scoring every row would score
+    the training rows too."""
     import json
 
     from polyfuse.commands import evaluate_table
 
-    metrics = evaluate_table(model_dir, table, split=split, show_progress=sys.stderr.isatty())
+    metrics = evaluate_table(
+        model_dir, table, split=split, show_progress=sys.stderr.isatty(), encoding=encoding
+    )
     for target, values in metrics.items():
         shown = ", ".join(f"{k} {v:.4f}" for k, v in values.items() if isinstance(v, float))
         console.print(f"{target} ({values.get('rows', 0)} rows): {shown}")
@@ -311,17 +398,24 @@ def evaluate_command(
 
 @app.command("predict")
 def predict_command(
-    model_dir: Annotated[Path, typer.Argument(help="model directory (RUN_DIR/model)")],
-    table: Annotated[Path, typer.Argument(help="table with the input columns (targets not needed)")],
+    model_dir: Annotated[Path, typer.Argument(metavar="MODEL_DIR", help="model directory (RUN_DIR/model)")],
+    table: Annotated[
+        Path, typer.Argument(metavar="TABLE", help="table with the input columns (targets not needed)")
+    ],
     output: Annotated[Path, typer.Option("--output", "-o", help="CSV of predictions")] = Path(
         "predictions.csv"
     ),
-    split: Annotated[str | None, typer.Option(help="only rows whose split column has this value")] = None,
+    split: Annotated[
+        str | None, typer.Option(help="only the rows of one split (test, val, train), as for evaluate")
+    ] = None,
+    encoding: EncodingOption = None,
 ) -> None:
-    """Predict labels (and class probabilities) for every row of TABLE."""
+    """Predict labels (and class probabilities) with MODEL_DIR for every row of TABLE."""
     from polyfuse.commands import predict_table
 
-    frame = predict_table(model_dir, table, output, split=split, show_progress=sys.stderr.isatty())
+    frame = predict_table(
+        model_dir, table, output, split=split, show_progress=sys.stderr.isatty(), encoding=encoding
+    )
     console.print(f"wrote {len(frame)} predictions to {output}")
 
 
@@ -460,6 +554,58 @@ def serve_command(
         ),
     )
     serve(model_dir, settings)
+
+
+class _HelpConventions:
+    """Help in the conventions most command lines follow (Typer's newer style showed `{table}` next to
+    `{CONFIG}` and a `<bool>` after every flag): arguments as TABLE, optional ones as [TABLE]; on/off
+    flags without a type; other options with click's type names (INTEGER, PATH, TEXT)."""
+
+    def collect_usage_pieces(self: Any, ctx: Any) -> list[str]:
+        pieces = [self.options_metavar] if self.options_metavar else []
+        for param in self.get_params(ctx):
+            if param.param_type_name == "argument":
+                name = (param.metavar or param.name or "").upper()
+                pieces.append(name if param.required else f"[{name}]")
+        return pieces + ([self.subcommand_metavar] if isinstance(self, TyperGroup) else [])
+
+    def get_params(self: Any, ctx: Any) -> list[Any]:
+        params: list[Any] = super().get_params(ctx)  # type: ignore[misc]
+        for param in params:
+            if param.param_type_name == "option" and param.metavar is None:
+                param.metavar = "" if param.is_flag else _type_name(param, ctx)
+        return params
+
+
+_TYPE_NAMES = {"int": "INTEGER", "str": "TEXT", "float": "FLOAT", "path": "PATH", "bool": ""}
+
+
+def _type_name(param: Any, ctx: Any) -> str:
+    if getattr(param, "type", None) is not None:  # click's own parameter classes
+        return str(param.type.name).upper()
+    shown = str(param.display_type(ctx)).strip("<>")  # Typer's: "<int>", "<list[str]>", "<clean|noisy>"
+    inner = shown.removeprefix("list[").removesuffix("]")
+    return _TYPE_NAMES.get(inner.lower(), inner.upper() if "|" not in inner else f"[{inner}]")
+
+
+class _Command(_HelpConventions, TyperCommand):
+    pass
+
+
+class _Group(_HelpConventions, TyperGroup):
+    pass
+
+
+for _typer in (app, data_app, datasets_app, build_app):
+    _typer.info.cls = _Group
+    for _command in _typer.registered_commands:
+        if _command.cls in (None, TyperCommand):
+            _command.cls = _Command
+
+
+def _plain_print(*objects: object) -> None:
+    """Library messages are plain text: brackets in them (a path, a list) are not rich markup."""
+    console.print(*objects, markup=False, highlight=False)
 
 
 def main() -> None:

@@ -6,13 +6,15 @@ is printed when a run starts and saved with every checkpoint and model.
 
 from __future__ import annotations
 
+import copy
+import re
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any, Literal, get_args, get_origin
 
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
-from polyfuse.data.errors import DataError, Problem
+from polyfuse.data.errors import DataError, Problem, did_you_mean
 from polyfuse.data.prepare import DataConfig
 
 CONFIG_VERSION = 1
@@ -155,50 +157,136 @@ def load_config(path: Path | str, base_dir: Path | None = None) -> RunConfig:
 
     A relative `data.table` (and `training.init_from`) resolves against the config file's folder.
     """
+    config, problems = read_config(path, base_dir)
+    if problems or config is None:
+        raise DataError(problems)
+    return config
+
+
+def read_config(path: Path | str, base_dir: Path | None = None) -> tuple[RunConfig | None, list[Problem]]:
+    """The config file's problems, and the config with the faulty fields left at their defaults (None when
+    a required part is missing), so the checks behind it can still run: `polyfuse validate` then reports
+    every mistake in one pass, not the field errors first and the rest after they are fixed."""
     path = Path(path)
     try:
         raw = yaml.safe_load(path.read_text())
     except FileNotFoundError:
-        raise DataError([Problem("config file not found", file=str(path))]) from None
+        return None, [Problem("config file not found", file=str(path))]
     except yaml.YAMLError as e:
-        raise DataError([Problem(f"invalid YAML: {e}", file=str(path))]) from None
+        return None, [Problem(f"invalid YAML: {e}", file=str(path))]
     if not isinstance(raw, dict):
-        raise DataError([Problem("the config must be a mapping of sections", file=str(path))])
+        return None, [Problem("the config must be a mapping of sections", file=str(path))]
     if raw.get("version", CONFIG_VERSION) != CONFIG_VERSION:
-        raise DataError(
-            [
-                Problem(
-                    f"config version {raw.get('version')} is not supported (expected {CONFIG_VERSION})",
-                    file=str(path),
-                )
-            ]
-        )
-    config = parse_config(raw, source=str(path))
-    folder = base_dir or path.parent
-    if not config.data.table.is_absolute():
-        table = folder / config.data.table
+        return None, [
+            Problem(
+                f"config version {raw.get('version')} is not supported (expected {CONFIG_VERSION})",
+                file=str(path),
+            )
+        ]
+    config, problems = parse_config_leniently(raw, source=str(path))
+    if config is not None and not config.data.table.is_absolute():
+        # Absolute from here on: the run's saved config then names the table wherever it is run from, and
+        # `evaluate --split test` can tell the training table from another.
+        table = ((base_dir or path.parent) / config.data.table).absolute()
         config = config.model_copy(update={"data": config.data.model_copy(update={"table": table})})
-    source = config.training.init_from
-    if source is not None and not source.is_absolute():
-        training = config.training.model_copy(update={"init_from": folder / source})
+    source = config.training.init_from if config is not None else None
+    if config is not None and source is not None and not source.is_absolute():
+        training = config.training.model_copy(
+            update={"init_from": ((base_dir or path.parent) / source).absolute()}
+        )
         config = config.model_copy(update={"training": training})
-    return config
+    return config, problems
 
 
 def parse_config(raw: dict[str, Any], source: str = "config") -> RunConfig:
+    config, problems = parse_config_leniently(raw, source)
+    if problems or config is None:
+        raise DataError(problems)
+    return config
+
+
+def parse_config_leniently(
+    raw: dict[str, Any], source: str = "config"
+) -> tuple[RunConfig | None, list[Problem]]:
+    """Every field error of `raw`, and a config parsed from what is left once the faulty entries are
+    removed (their defaults apply), or None when that leaves a required field missing."""
     try:
-        return RunConfig.model_validate(raw)
+        return RunConfig.model_validate(raw), []
     except ValidationError as e:
-        problems = [
-            Problem(
-                f"field '{'.'.join(str(p) for p in err['loc'])}': {err['msg']}"
-                + (
-                    f" (got {err['input']!r})"
-                    if err["type"] != "missing" and not isinstance(err["input"], dict)
-                    else ""
-                ),
-                file=source,
-            )
-            for err in e.errors()
-        ]
-        raise DataError(problems) from None
+        errors = e.errors()
+    problems = _field_problems(errors, source)
+    salvaged = copy.deepcopy(raw)
+    for _ in range(MAX_SALVAGE_ROUNDS):
+        removed = False
+        for err in errors:
+            # A missing field cannot be dropped; drop the entry that lacks it.
+            loc = err["loc"][:-1] if err["type"] == "missing" else err["loc"]
+            removed |= _remove(salvaged, loc)
+        if not removed:
+            return None, problems
+        try:
+            return RunConfig.model_validate(salvaged), problems
+        except ValidationError as e:
+            errors = e.errors()
+    return None, problems
+
+
+MAX_SALVAGE_ROUNDS = 5
+
+
+def _remove(raw: Any, loc: tuple[int | str, ...]) -> bool:
+    """Delete the deepest mapping entry on the path `loc` (pydantic adds steps such as union members
+    that are not keys; those end the walk)."""
+    parent, key = None, None
+    node = raw
+    for step in loc:
+        if not isinstance(node, dict) or step not in node:
+            break
+        parent, key, node = node, step, node[step]
+    if parent is None:
+        return False
+    del parent[key]
+    return True
+
+
+def _field_problems(errors: list[Any], source: str) -> list[Problem]:
+    """One problem per field: a value that fits none of a union's types (`devices: int | str`) comes
+    from pydantic as one error per type, with the type's name as a last step of its location."""
+    merged: dict[tuple[Any, ...], list[Any]] = {}
+    for err in errors:
+        loc = tuple(err["loc"])
+        if len(loc) > 1 and isinstance(loc[-1], str) and _UNION_MEMBER.match(loc[-1]):
+            loc = loc[:-1]
+        merged.setdefault(loc, []).append(err)
+    problems = []
+    for loc, group in merged.items():
+        err = group[0]
+        message = " or ".join([err["msg"], *(e["msg"].removeprefix("Input should be ") for e in group[1:])])
+        if err["type"] == "extra_forbidden":
+            known = _fields_at(loc[:-1])
+            hint = did_you_mean(str(loc[-1]), known)
+            message = "not a field" + (hint or f"; fields here: {', '.join(known)}")
+        elif err["type"] != "missing" and not isinstance(err["input"], dict):
+            message += f" (got {err['input']!r})"
+        problems.append(Problem(f"field '{'.'.join(map(str, loc))}': {message}", file=source))
+    return problems
+
+
+# pydantic's step for a union member: a type name such as int, str, list[int], literal['a','b']
+_UNION_MEMBER = re.compile(r"^(int|str|float|bool|none|[a-z_]+\[.*\])$")
+
+
+def _fields_at(loc: tuple[int | str, ...]) -> list[str]:
+    """Field names of the config section at `loc` (dict-valued fields such as `encoders` skip a key)."""
+    node: Any = RunConfig
+    for step in loc:
+        if isinstance(node, type) and issubclass(node, BaseModel):
+            field = node.model_fields.get(str(step))
+            if field is None:
+                return []
+            node = field.annotation
+        elif get_origin(node) is dict:
+            node = get_args(node)[1]
+        else:
+            return []
+    return list(node.model_fields) if isinstance(node, type) and issubclass(node, BaseModel) else []

@@ -9,7 +9,8 @@ from pathlib import Path
 from typing import Any
 
 from polyfuse.config import EncoderConfig, FusionConfig, ObjectiveConfig, RunConfig
-from polyfuse.data.errors import DataError, MediaError, Problem
+from polyfuse.config_checks import build_problems, table_problems, unknown_column_problem
+from polyfuse.data.errors import DataError, MediaError, Problem, did_you_mean
 from polyfuse.data.infer import infer_schema
 from polyfuse.data.media import is_missing, resolve_media
 from polyfuse.data.modalities.audio import AudioConfig
@@ -36,6 +37,7 @@ def init_config(
     fusion: str = "gated",
     preset: str | None = None,
     objectives: list[str] | None = None,
+    encoding: str | None = None,
 ) -> RunConfig:
     """A complete config for `table_path`, with defaults chosen from the inferred schema and a look at a
     few media files (native image size and colour mode, native audio sample rate).
@@ -49,16 +51,22 @@ def init_config(
         raise DataError(f"unknown objective(s) {unknown}; choose from {list_objectives()}")
     if targets and "supervised" not in objectives:
         objectives.insert(0, "supervised")  # a target given: a supervised head is trained beside
-    table = read_table(table_path)
+    table = read_table(table_path, encoding=encoding)
+    names = list(map(str, table.frame.columns))
+    missing = [t for t in targets if t not in names]
+    if missing:
+        raise DataError(
+            [
+                Problem(
+                    f"--target '{t}' is not a column of the table{did_you_mean(t, names)}; columns: {names}"
+                )
+                for t in missing
+            ]
+        )
     columns = dict(overrides or {})
     for t in targets:
         columns.setdefault(t, Role.LABEL.value)
     schema = infer_schema(table, columns)
-    missing = [t for t in targets if t not in table.frame.columns]
-    if missing:
-        raise DataError(
-            [Problem(f"target not found; columns: {list(table.frame.columns)}", column=t) for t in missing]
-        )
     if not targets:
         targets = schema.columns_of(Role.LABEL)[:1]
         if not targets and "supervised" in objectives:
@@ -73,6 +81,7 @@ def init_config(
         table=table_path.resolve(),
         columns={c.name: c.kind.value for c in schema.columns if c.name not in targets},
         targets={t: None for t in targets},
+        encoding=encoding,
         split=split,
         preprocessing=preprocessing,
     )
@@ -178,7 +187,8 @@ def check_config(config: RunConfig, *, check_table: bool = True) -> list[Problem
         if encoder.name not in ENCODERS:
             problems.append(
                 Problem(
-                    f"field 'encoders.{name}.name': unknown encoder '{encoder.name}'; choose one of {list_encoders()}"
+                    f"field 'encoders.{name}.name': unknown encoder '{encoder.name}'"
+                    f"{did_you_mean(encoder.name, list_encoders())}; choose one of {list_encoders()}"
                 )
             )
             continue
@@ -186,7 +196,8 @@ def check_config(config: RunConfig, *, check_table: bool = True) -> list[Problem
     if config.fusion.name not in FUSIONS:
         problems.append(
             Problem(
-                f"field 'fusion.name': unknown fusion '{config.fusion.name}'; choose one of {list_fusions()}"
+                f"field 'fusion.name': unknown fusion '{config.fusion.name}'"
+                f"{did_you_mean(config.fusion.name, list_fusions())}; choose one of {list_fusions()}"
             )
         )
     else:
@@ -199,25 +210,42 @@ def check_config(config: RunConfig, *, check_table: bool = True) -> list[Problem
     problems += check_objectives(config)
     if check_table:
         try:
-            table = read_table(config.data.table)
+            table = read_table(config.data.table, encoding=config.data.encoding)
         except DataError as e:
-            return problems + e.problems
-        columns = set(map(str, table.frame.columns))
+            return problems + [
+                Problem(f"field 'data.table': {p.message}", p.row, p.column, p.file, p.fix)
+                for p in e.problems
+            ]
+        columns = list(map(str, table.frame.columns))
         for target in config.data.targets:
             if target not in columns:
+                problems.append(unknown_column_problem("data.targets", target, columns, "target"))
+        kinds = [k.value for k in (*Modality, *Role)]
+        for column, kind in config.data.columns.items():
+            if column not in columns:
+                problems.append(unknown_column_problem(f"data.columns.{column}", column, columns))
+            elif kind not in kinds:
                 problems.append(
                     Problem(
-                        f"field 'data.targets': column '{target}' is not in the table; columns: {sorted(columns)}"
+                        f"field 'data.columns.{column}': unknown kind '{kind}'{did_you_mean(kind, kinds)}; "
+                        f"choose one of {kinds}"
                     )
                 )
-        for column in config.data.columns:
-            if column not in columns:
-                problems.append(Problem(f"field 'data.columns.{column}': no such column in the table"))
         try:
             from polyfuse.data.prepare import resolve_schema
 
-            schema = resolve_schema(table, config.data)
+            # Entries reported above are left out, so each mistake is reported once.
+            known = {c: k for c, k in config.data.columns.items() if c in columns and k in kinds}
+            data = config.data.model_copy(
+                update={
+                    "columns": known,
+                    "targets": {t: v for t, v in config.data.targets.items() if t in columns},
+                }
+            )
+            schema = resolve_schema(table, data)
             inputs = schema.input_names()
+            problems += table_problems(config.model_copy(update={"data": data}), table, schema)
+            problems += build_problems(config, inputs, schema)
             for name, encoder in config.encoders.items():
                 if name not in inputs:
                     problems.append(
@@ -234,6 +262,9 @@ def check_config(config: RunConfig, *, check_table: bool = True) -> list[Problem
             problems += check_objective_inputs(config, list(inputs))
         except DataError as e:
             problems += e.problems
+    else:
+        inputs = {n: Modality(e.name.split(".")[0]) for n, e in config.encoders.items() if e.name in ENCODERS}
+        problems += build_problems(config, inputs, None)
     return problems
 
 

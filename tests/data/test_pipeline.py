@@ -238,7 +238,7 @@ def test_cli_reports_problems_without_a_traceback(table_dir: Path, tmp_path: Pat
         env=env,
         check=False,
     )
-    assert result.returncode == 0, result.stderr
+    assert result.returncode == 1, result.stderr  # problems found: documented exit status 1
     assert "1 problem(s)" in result.stdout and "row 1, column 'photo'" in result.stdout
     assert "class balance of 'label'" in result.stdout
     result = subprocess.run(

@@ -2,7 +2,8 @@
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+import difflib
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, replace
 from typing import Literal
 
@@ -64,3 +65,9 @@ class DataError(ValueError):
             lines.append(f"... and {len(self.problems) - max_listed} more problems")
         header = f"{len(self.problems)} problem(s) found:" if len(self.problems) > 1 else ""
         super().__init__("\n".join([header, *lines]) if header else lines[0])
+
+
+def did_you_mean(word: str, choices: Iterable[str]) -> str:
+    """' (did you mean 'epochs'?)' for a near miss among `choices`, else ''."""
+    close = difflib.get_close_matches(word, list(choices), n=1, cutoff=0.6)
+    return f" (did you mean '{close[0]}'?)" if close else ""

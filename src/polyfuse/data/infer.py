@@ -7,7 +7,7 @@ from collections.abc import Mapping
 
 import pandas as pd
 
-from polyfuse.data.errors import DataError, Problem
+from polyfuse.data.errors import DataError, Problem, did_you_mean
 from polyfuse.data.media import is_missing
 from polyfuse.data.schema import ColumnSchema, Modality, Role, TableSchema
 from polyfuse.data.table import Table
@@ -38,7 +38,8 @@ def infer_schema(table: Table, overrides: Mapping[str, str] | None = None) -> Ta
         if name not in table.frame.columns:
             problems.append(
                 Problem(
-                    f"override names a column not in the table; columns: {list(table.frame.columns)}",
+                    f"a kind is set for a column not in the table{did_you_mean(name, map(str, table.frame.columns))}; "
+                    f"columns: {list(table.frame.columns)}",
                     column=name,
                 )
             )

@@ -39,6 +39,9 @@ class DataConfig(BaseModel):
         default_factory=dict,
         description="target column → task (classification, multilabel, regression; null infers it)",
     )
+    encoding: str | None = Field(
+        None, description="text encoding of a CSV/TSV/JSONL table, e.g. cp1252; null: UTF-8 (BOMs honoured)"
+    )
     split: SplitConfig = Field(default_factory=SplitConfig)
     preprocessing: PreprocessingConfig = Field(default_factory=PreprocessingConfig)
     cache_dir: Path | None = Field(
@@ -76,10 +79,25 @@ def resolve_schema(table: Table, config: DataConfig) -> TableSchema:
     return infer_schema(table, overrides)
 
 
+def effective_split(config: DataConfig, schema: TableSchema) -> SplitConfig:
+    """The split config a run uses: left at its defaults, it follows the table's own split column."""
+    split_columns = schema.columns_of(Role.SPLIT)
+    if config.split == SplitConfig() and split_columns:
+        return SplitConfig(strategy="column", column=split_columns[0])
+    return config.split
+
+
+def draw_splits(table: Table, config: DataConfig, schema: TableSchema) -> pd.Series:
+    """'train' / 'val' / 'test' per row of the table as read (before any row is dropped), so the same
+    table and config always give the same assignment: `evaluate --split test` can redraw it."""
+    first_target = next(iter(config.targets), None)
+    return assign_splits(table.frame, effective_split(config, schema), default_stratify=first_target)
+
+
 def prepare_data(config: DataConfig, *, show_progress: bool = True, validate: bool = True) -> PreparedData:
     """Read, infer, split, fit on train, validate every row; raise DataError listing every problem unless
     `config.drop_invalid`, which drops the bad rows instead."""
-    table = read_table(config.table)
+    table = read_table(config.table, encoding=config.encoding)
     schema = resolve_schema(table, config)
     if not schema.input_columns():
         raise DataError(
@@ -96,13 +114,7 @@ def prepare_data(config: DataConfig, *, show_progress: bool = True, validate: bo
         raise DataError(
             [Problem(f"target not found; columns: {list(table.frame.columns)}", column=t) for t in missing]
         )
-    first_target = next(iter(config.targets), None)
-    split_config = config.split
-    split_columns = schema.columns_of(Role.SPLIT)
-    if split_config == SplitConfig() and split_columns:
-        # Left at its defaults, the split follows the table's own split column when it has one.
-        split_config = SplitConfig(strategy="column", column=split_columns[0])
-    splits = assign_splits(table.frame, split_config, default_stratify=first_target)
+    splits = draw_splits(table, config, schema)
     cache = FeatureCache((config.cache_dir or default_cache_dir()) if config.use_cache else None)
 
     problems = []

@@ -24,11 +24,12 @@ def preview_batch(
     split: str = "train",
     augment: bool = False,
     show_progress: bool = False,
+    encoding: str | None = None,
 ) -> list[str]:
     from polyfuse.init_config import suggest_preprocessing
 
-    config = DataConfig(table=table, columns=overrides or {})
-    rows = read_table(table)
+    config = DataConfig(table=table, columns=overrides or {}, encoding=encoding)
+    rows = read_table(table, encoding=encoding)
     schema = resolve_schema(rows, config)
     # The preset, or what `polyfuse init` would choose for this table.
     preprocessing = preprocessing_preset(preset) if preset else suggest_preprocessing(rows, schema)

@@ -12,6 +12,10 @@ from polyfuse.data.errors import DataError, Problem
 from polyfuse.data.media import is_missing
 
 SPLITS = ("train", "val", "test")
+SPLIT_TITLES = {"train": "training", "val": "validation", "test": "test"}
+MAX_NUMERIC_STRATA = (
+    10  # a numeric column with more distinct values is binned into at most this many quantiles
+)
 SPLIT_ALIASES = {
     "train": "train",
     "training": "train",
@@ -65,8 +69,8 @@ def assign_splits(frame: pd.DataFrame, cfg: SplitConfig, default_stratify: str |
         names = _read_split_column(frame, cfg.column)
         if cfg.val_fraction_of_train > 0 and not (names == "val").any():
             train = np.flatnonzero(names.to_numpy() == "train")
-            labels = _labels(frame.iloc[train], stratify)
-            held = _stratified(labels, (1 - cfg.val_fraction_of_train, cfg.val_fraction_of_train, 0.0), rng)
+            shares = (1 - cfg.val_fraction_of_train, cfg.val_fraction_of_train, 0.0)
+            held = _stratified(_labels(frame.iloc[train], stratify, shares), shares, rng)
             names.iloc[train[held == "val"]] = "val"
         return names
     if cfg.strategy == "group":
@@ -75,7 +79,11 @@ def assign_splits(frame: pd.DataFrame, cfg: SplitConfig, default_stratify: str |
                 [Problem("split.strategy 'group' needs split.group naming a column", column=cfg.group)]
             )
         return pd.Series(_grouped(frame[cfg.group], cfg.fractions, rng), index=frame.index)
-    labels = np.zeros(len(frame), dtype=np.int64) if cfg.strategy == "random" else _labels(frame, stratify)
+    labels = (
+        np.zeros(len(frame), dtype=np.int64)
+        if cfg.strategy == "random"
+        else _labels(frame, stratify, cfg.fractions)
+    )
     return pd.Series(_stratified(labels, cfg.fractions, rng), index=frame.index)
 
 
@@ -98,12 +106,34 @@ def _read_split_column(frame: pd.DataFrame, column: str) -> pd.Series:
     return pd.Series(names, index=frame.index, dtype=object)
 
 
-def _labels(frame: pd.DataFrame, column: str | None) -> np.ndarray:
-    """Integer codes of the stratification column (missing values form their own stratum)."""
+def _labels(
+    frame: pd.DataFrame, column: str | None, fractions: tuple[float, float, float] = (0.8, 0.1, 0.1)
+) -> np.ndarray:
+    """Integer codes of the stratification column (missing values form their own stratum).
+
+    A numeric column with many distinct values (a regression target) is cut into quantile bins, so each
+    split still spans its range; a class too small to expect even half a row in the smallest held-out
+    share is not stratified on its own but pooled with the other small ones and drawn at random, so
+    stratification never leaves a split empty.
+    """
     if column is None or column not in frame.columns:
         return np.zeros(len(frame), dtype=np.int64)
-    codes, _ = pd.factorize(frame[column].astype(str), sort=True)
-    return codes.astype(np.int64)
+    held_out = min((f for f in fractions[1:] if f > 0), default=1.0)
+    values = frame[column]
+    present = ~values.map(is_missing)
+    numbers = pd.to_numeric(values[present], errors="coerce")
+    if present.any() and numbers.notna().all() and numbers.nunique() > MAX_NUMERIC_STRATA:
+        # about one row per bin in the smallest held-out split
+        bins = max(1, min(MAX_NUMERIC_STRATA, int(present.sum() * held_out)))
+        codes = np.full(len(frame), -1, dtype=np.int64)
+        # ranked first, so tied values never make two bin edges collide
+        codes[present.to_numpy()] = pd.qcut(numbers.rank(method="first"), bins, labels=False).to_numpy()
+    else:
+        codes = pd.factorize(values.astype(str), sort=True)[0].astype(np.int64)
+    strata, sizes = np.unique(codes, return_counts=True)
+    small = strata[sizes * held_out < 0.5]
+    codes[np.isin(codes, small)] = codes.max() + 1  # one pooled stratum, split at random
+    return codes
 
 
 def _stratified(
@@ -168,3 +198,29 @@ def _cut(n: int, fractions: tuple[float, float, float]) -> list[int]:
         counts[donor] -= 1
         counts[0] += 1
     return [int(c) for c in counts]
+
+
+def empty_split_problems(splits: pd.Series, cfg: SplitConfig) -> list[Problem]:
+    """An empty split the config did not ask for: training silently without validation, or evaluating
+    on no test rows, is refused. A share of 0 in `fractions` (or `val_fraction_of_train: 0` with a split
+    column) asks for it; with a split column, the column decides whether there are test rows."""
+    counts = {name: int((splits == name).sum()) for name in SPLITS}
+    if cfg.strategy == "column":
+        wanted = {"train": True, "val": cfg.val_fraction_of_train > 0, "test": False}
+    else:
+        wanted = {name: share > 0 for name, share in zip(SPLITS, cfg.fractions, strict=True)}
+    shown = ", ".join(f"{k} {v}" for k, v in counts.items())
+    how = (
+        "put rows named 'val' in the split column, or set split.val_fraction_of_train"
+        if cfg.strategy == "column"
+        else f"use a table with more rows or larger split.fractions (now {list(cfg.fractions)}); a share "
+        "of 0 leaves that split empty on purpose"
+    )
+    return [
+        Problem(
+            f"the {SPLIT_TITLES[name]} split is empty ({len(splits)} rows: {shown})",
+            fix=f"polyfuse needs {name} rows to {'train' if name == 'train' else 'score the model'}: {how}",
+        )
+        for name in SPLITS
+        if wanted[name] and counts[name] == 0
+    ]

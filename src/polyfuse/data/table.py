@@ -55,9 +55,15 @@ class Table:
 
 
 def read_table(
-    path: str | Path | pd.DataFrame | list[dict[str, object]], base_dir: Path | None = None
+    path: str | Path | pd.DataFrame | list[dict[str, object]],
+    base_dir: Path | None = None,
+    encoding: str | None = None,
 ) -> Table:
-    """Read a table file, or wrap rows built in Python (a DataFrame or a list of dicts keyed by column)."""
+    """Read a table file, or wrap rows built in Python (a DataFrame or a list of dicts keyed by column).
+
+    Text files are read as UTF-8 (a UTF-8 or UTF-16 byte-order mark is honoured) unless `encoding` names
+    another; a file that is not UTF-8 is refused with the line at fault and the encoding it looks like,
+    never decoded by guesswork."""
     if isinstance(path, pd.DataFrame):
         return Table(path.reset_index(drop=True), base_dir)
     if isinstance(path, list):
@@ -79,17 +85,73 @@ def read_table(
             ]
         )
     try:
-        frame = _read(path, kind)
+        frame = _read(path, kind, encoding or _bom_encoding(path))
     except DataError:
         raise
-    except (pd.errors.ParserError, UnicodeDecodeError, csv.Error) as e:
+    except LookupError:
+        raise DataError(
+            [Problem(f"unknown encoding '{encoding}'", file=str(path), fix="use e.g. utf-8, cp1252, latin-1")]
+        ) from None
+    except UnicodeDecodeError:
+        raise DataError([_encoding_problem(path, encoding)]) from None
+    except pd.errors.EmptyDataError:
+        raise DataError(
+            [Problem("the file is empty (not even a header row)", file=str(path), fix="check the path")]
+        ) from None
+    except (pd.errors.ParserError, csv.Error) as e:
         raise DataError([Problem(f"cannot parse {kind.upper()}: {e}", file=str(path))]) from None
     except (OSError, ValueError) as e:  # pyarrow raises ArrowInvalid (a ValueError) on a corrupt file
         raise DataError([Problem(f"cannot read table: {e}", file=str(path))]) from None
+    if frame.empty:
+        found = (
+            f"a header ({', '.join(map(str, frame.columns))}) but" if len(frame.columns) else "no columns and"
+        )
+        raise DataError(
+            [Problem(f"the table has {found} no rows", file=str(path), fix="add rows to the table")]
+        )
     return Table(frame.reset_index(drop=True), base_dir or path.parent.resolve(), path.resolve())
 
 
-def _read(path: Path, kind: str) -> pd.DataFrame:
+_BOMS = ((b"\xef\xbb\xbf", "utf-8-sig"), (b"\xff\xfe", "utf-16"), (b"\xfe\xff", "utf-16"))
+
+
+def _bom_encoding(path: Path) -> str:
+    with path.open("rb") as f:
+        head = f.read(3)
+    return next((name for bom, name in _BOMS if head.startswith(bom)), "utf-8-sig")
+
+
+def _encoding_problem(path: Path, encoding: str | None) -> Problem:
+    """Where a file stops being `encoding` (UTF-8 by default), and which common encoding reads it."""
+    data = path.read_bytes()
+    try:
+        data.decode(encoding or "utf-8")
+        at = len(data)  # pandas failed on a chunk boundary only; report the file as a whole
+    except UnicodeDecodeError as e:
+        at = e.start
+    line = data.count(b"\n", 0, at) + 1
+    end = data.find(b"\n", at)
+    bad = data[data.rfind(b"\n", 0, at) + 1 : end if end >= 0 else len(data)]
+    guess = next((name for name in ("cp1252", "latin-1") if _decodes(data, name)), "latin-1")
+    shown = bad.decode(guess, errors="replace").strip()[:60]
+    byte = f"byte 0x{data[at]:02x}" if at < len(data) else "a byte"
+    return Problem(
+        f"the file is not {encoding or 'UTF-8'} text: {byte} on line {line} "
+        f"cannot be decoded (read as {guess}: {shown!r})",
+        file=str(path),
+        fix=f"save it as UTF-8, or pass --encoding {guess} (data.encoding: {guess} in a config)",
+    )
+
+
+def _decodes(data: bytes, encoding: str) -> bool:
+    try:
+        data.decode(encoding)
+    except UnicodeDecodeError:
+        return False
+    return True
+
+
+def _read(path: Path, kind: str, encoding: str) -> pd.DataFrame:
     if kind in ("csv", "tsv"):
         # keep_default_na=False + explicit na_values: an empty cell is missing, but the text "NA" or
         # "None" in a text column is somebody's real text.
@@ -98,11 +160,11 @@ def _read(path: Path, kind: str) -> pd.DataFrame:
             sep="," if kind == "csv" else "\t",
             keep_default_na=False,
             na_values=[""],
-            encoding="utf-8-sig",
+            encoding=encoding,
         )
     if kind == "jsonl":
         rows = []
-        with path.open(encoding="utf-8-sig") as f:
+        with path.open(encoding=encoding) as f:
             for number, line in enumerate(f):
                 if not line.strip():
                     continue

@@ -42,8 +42,7 @@ def index_model(
 
     predictor._require("search")
     aligned = predictor._aligned()
-    full = read_table(table_path)
-    positions = split_positions(predictor, full, table_path, split)
+    full, positions = split_positions(predictor, table_path, split)
     table = full.subset(positions)
     available = [n for n in aligned.inputs if n in table.frame.columns]
     chosen = inputs or available
@@ -105,6 +104,10 @@ def search_index(
     frame = pd.DataFrame({"rank": range(1, len(table_rows) + 1), "score": scores[0], "row": table_rows})
     table_path = Path(index.info["table"])
     if table_path.exists():
-        source_rows = read_table(table_path).frame.iloc[table_rows].reset_index(drop=True)
+        source_rows = (
+            read_table(table_path, encoding=predictor.config.data.encoding)
+            .frame.iloc[table_rows]
+            .reset_index(drop=True)
+        )
         frame = pd.concat([frame, source_rows], axis=1)
     return frame

@@ -26,10 +26,12 @@ from polyfuse.artifact import save_model
 from polyfuse.atomic import atomic_write_text
 from polyfuse.config import RunConfig
 from polyfuse.data.errors import DataError
-from polyfuse.data.prepare import PreparedData, prepare_data
+from polyfuse.data.prepare import PreparedData, effective_split, prepare_data
 from polyfuse.data.preprocess import Preprocessor
+from polyfuse.data.splits import empty_split_problems
 from polyfuse.evaluation.evaluate import score_objectives
-from polyfuse.models.model import MultimodalModel, build_model, count_parameters
+from polyfuse.init_config import check_config
+from polyfuse.models.model import MultimodalModel, build_model, count_parameters, encoder_name
 from polyfuse.training.data import make_loader
 from polyfuse.training.init_from import init_from
 
@@ -55,33 +57,34 @@ def train(
 ) -> TrainResult:
     """Train, evaluate on the validation and test splits, and write RUN_DIR/model."""
     import lightning as L
-    from lightning.pytorch.callbacks import (
-        EarlyStopping,
-        EMAWeightAveraging,
-        ModelCheckpoint,
-        RichProgressBar,
-    )
+    from lightning.pytorch.callbacks import EarlyStopping, EMAWeightAveraging, ModelCheckpoint
     from lightning.pytorch.loggers import CSVLogger, TensorBoardLogger
 
     from polyfuse.training.checkpoint_io import AtomicCheckpointIO
     from polyfuse.training.module import PolyfuseModule
+    from polyfuse.training.progress_log import CompactProgressBar, EpochLog
 
     start = time.perf_counter()
+    # Every check `polyfuse validate` runs, before any work: a bad option value is a field error here,
+    # not a traceback from a constructor after the data is featurised.
+    problems = check_config(config)
+    if problems:
+        raise DataError(problems)
     run_dir = Path(run_dir)
     run_dir.mkdir(parents=True, exist_ok=True)
     last = run_dir / CHECKPOINTS / "last.ckpt"
     resume_from = last if resume and last.exists() else None
     if resume and resume_from is None:
         log(f"no checkpoint at {last}: starting from scratch")
-    from polyfuse.init_config import check_config
-
-    problems = check_config(config)
-    if problems:
-        raise DataError(problems)
 
     prepared = prepare_data(config.data, show_progress=show_progress)
     if prepared.dropped_rows:
         log(f"dropped {len(prepared.dropped_rows)} invalid row(s) (--drop-invalid)")
+    # Dropped rows can empty a split that had rows when the config was checked.
+    empty = empty_split_problems(prepared.splits, effective_split(config.data, prepared.schema))
+    if empty:
+        raise DataError(empty)
+    log(run_summary(config, prepared))
     preprocessor = prepared.preprocessor
     if resume_from is not None:
         # Continue with the preprocessing the run started with, exactly.
@@ -149,7 +152,9 @@ def train(
         # are the averaged weights; the live weights ride along in the checkpoint for an exact --resume.
         callbacks.append(EMAWeightAveraging(decay=training.ema_decay))
     if show_progress:
-        callbacks.append(RichProgressBar(leave=True))
+        callbacks.append(CompactProgressBar(leave=True))
+    else:
+        callbacks.append(EpochLog(log))
     _quiet_lightning()
     trainer = L.Trainer(
         max_epochs=training.epochs,
@@ -213,3 +218,29 @@ def _quiet_lightning() -> None:
         logging.getLogger(name).setLevel(logging.WARNING)
     warnings.filterwarnings("ignore", message=".*does not have many workers.*")
     warnings.filterwarnings("ignore", message=".*predict_dataloader.*")
+    # Frozen encoders are in eval mode on purpose (no dropout, fixed BatchNorm statistics).
+    warnings.filterwarnings("ignore", message=r".*module\(s\) in eval mode at the start of training.*")
+    # Lightning's own use of a torch API torch has deprecated: nothing a user can change.
+    warnings.filterwarnings("ignore", message=r".*isinstance\(treespec, LeafSpec\)` is deprecated.*")
+    # A small table has fewer batches than the logging interval; epoch metrics are logged regardless.
+    warnings.filterwarnings("ignore", message=".*smaller than the logging interval.*")
+
+
+def run_summary(config: RunConfig, prepared: PreparedData) -> str:
+    """A few lines on what is about to train (the whole resolved config is in RUN_DIR/config.yaml)."""
+    counts = ", ".join(f"{name} {int((prepared.splits == name).sum())}" for name in ("train", "val", "test"))
+    inputs = ", ".join(
+        f"{name} ({encoder_name(config, name, modality)}"
+        + ("" if (config.encoders.get(name) is None or config.encoders[name].trainable) else ", frozen")
+        + ")"
+        for name, modality in prepared.preprocessor.inputs.items()
+    )
+    targets = ", ".join(f"{t} ({spec.task})" for t, spec in prepared.preprocessor.state.targets.items())
+    objectives = ", ".join(o.name for o in config.objectives)
+    training = config.training
+    return (
+        f"table {config.data.table.name}: {len(prepared.table)} rows ({counts})\n"
+        f"inputs: {inputs}\ntargets: {targets or 'none'}; objectives: {objectives}\n"
+        f"fusion {config.fusion.name}; up to {training.epochs} epochs, batch size {training.batch_size}, "
+        f"learning rate {training.learning_rate:g}"
+    )

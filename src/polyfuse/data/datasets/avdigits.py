@@ -165,7 +165,7 @@ def locate_sources(source: Path | None, mnist: Path | None, fsdd: Path | None) -
             Problem(
                 f"MNIST test set not found: looked for {MNIST_IMAGES}[.gz] and {MNIST_LABELS}[.gz] in "
                 + ", ".join(str(c) for c in mnist_candidates),
-                fix=f"download both files from {MNIST_URL} into one folder and pass it as `mnist`",
+                fix=f"download both files from {MNIST_URL} into one folder and pass it with --mnist (mnist= in Python)",
             )
         )
 
@@ -184,7 +184,7 @@ def locate_sources(source: Path | None, mnist: Path | None, fsdd: Path | None) -
             Problem(
                 "FSDD recordings not found: looked for {digit}_{speaker}_{index}.wav files in "
                 + ", ".join(str(c) for c in fsdd_candidates),
-                fix=f"clone {FSDD_URL} and pass the clone (or its recordings/ folder) as `fsdd`",
+                fix=f"clone {FSDD_URL} and pass the clone (or its recordings/ folder) with --fsdd (fsdd= in Python)",
             )
         )
     if problems:

@@ -17,6 +17,9 @@ from __future__ import annotations
 
 import inspect
 import os
+import warnings
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any, Protocol, runtime_checkable
 
@@ -66,13 +69,43 @@ def _load_model(name_or_path: str, config: Any, model_class: Any = None, drop_po
         resolved = resolved[0]
     if drop_pooler and resolved is not None and "add_pooling_layer" in inspect.signature(resolved).parameters:
         kwargs["add_pooling_layer"] = False
-    return model_class.from_pretrained(
-        name_or_path,
-        config=config,
-        local_files_only=_local_only(name_or_path),
-        dtype=torch.float32,
-        **kwargs,
-    )
+    with quiet_transformers():
+        model, info = model_class.from_pretrained(
+            name_or_path,
+            config=config,
+            local_files_only=_local_only(name_or_path),
+            dtype=torch.float32,
+            output_loading_info=True,
+            **kwargs,
+        )
+    if info.get("missing_keys"):
+        # The one part of transformers' load report a user can act on: weights that start random.
+        missing = sorted(info["missing_keys"])
+        warnings.warn(
+            f"{len(missing)} weight(s) of {name_or_path} are not in its checkpoint and start from random "
+            f"values: {', '.join(missing[:5])}{' ...' if len(missing) > 5 else ''}",
+            stacklevel=2,
+        )
+    return model
+
+
+@contextmanager
+def quiet_transformers() -> Iterator[None]:
+    """transformers' tqdm bars ("Loading weights", "Writing model shards") and its LOAD REPORT table (a
+    pooler dropped on purpose is listed as UNEXPECTED) are noise here, in another style than polyfuse's
+    output: silenced while a backbone loads or saves, then set back as they were."""
+    from transformers.utils import logging
+
+    hf_logging: Any = logging  # untyped functions
+    verbosity, bars = hf_logging.get_verbosity(), hf_logging.is_progress_bar_enabled()
+    hf_logging.set_verbosity_error()
+    hf_logging.disable_progress_bar()
+    try:
+        yield
+    finally:
+        hf_logging.set_verbosity(verbosity)
+        if bars:
+            hf_logging.enable_progress_bar()
 
 
 # Image transformers whose pooler is a dense+tanh layer over CLS that the pooled output here replaces by the
@@ -107,7 +140,8 @@ class HFTextEncoder(EncoderModule):
         return EncoderOutput(tokens=tokens, token_mask=mask, pooled=masked_mean(tokens, mask))
 
     def save_pretrained(self, directory: Path | str) -> None:
-        self.model.save_pretrained(directory)
+        with quiet_transformers():
+            self.model.save_pretrained(directory)
 
 
 def minilm(trainable: bool = True) -> HFTextEncoder:
@@ -163,7 +197,8 @@ class HFImageEncoder(EncoderModule):
         return EncoderOutput(tokens=tokens, token_mask=mask, pooled=pooled)
 
     def save_pretrained(self, directory: Path | str) -> None:
-        self.model.save_pretrained(directory)
+        with quiet_transformers():
+            self.model.save_pretrained(directory)
 
 
 class HFAudioEncoder(EncoderModule):
@@ -237,4 +272,5 @@ class HFAudioEncoder(EncoderModule):
 
     def save_pretrained(self, directory: Path | str) -> None:
         # A Whisper encoder saves as architectures ["WhisperEncoder"], which __init__ loads back as such.
-        self.model.save_pretrained(directory)
+        with quiet_transformers():
+            self.model.save_pretrained(directory)
