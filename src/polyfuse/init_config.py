@@ -259,7 +259,7 @@ def check_config(config: RunConfig, *, check_table: bool = True) -> list[Problem
                             f"field 'encoders.{name}.name': '{encoder.name}' does not encode {inputs[name].value}"
                         )
                     )
-            problems += check_objective_inputs(config, list(inputs))
+            problems += objective_value_problems(config, inputs)
         except DataError as e:
             problems += e.problems
     else:
@@ -315,32 +315,34 @@ def check_objectives(config: RunConfig) -> list[Problem]:
     return problems
 
 
-def check_objective_inputs(config: RunConfig, inputs: list[str]) -> list[Problem]:
-    """The inputs an objective names exist in the table, and alignment has at least two to align."""
-    problems: list[Problem] = []
+def objective_value_problems(config: RunConfig, inputs: dict[str, Modality]) -> list[Problem]:
+    """Build each objective on dummy sizes (every input 8 wide, each target a two-class label), so a bad
+    option value (embed_dim 0, hard_negatives 2, an anchor that is not an input) is a field error now,
+    not a traceback once the data is featurised."""
+    from polyfuse.data.preprocess import TargetSpec
+    from polyfuse.objectives import create_objective
+    from polyfuse.objectives.base import ObjectiveContext
+
+    context = ObjectiveContext(
+        inputs=dict(sorted(inputs.items())),
+        input_dims={n: 8 for n in inputs},
+        fused_dim=config.fusion.output_dim,
+        targets={
+            t: TargetSpec(column=t, task=task or "classification", classes=["a", "b"])
+            for t, task in config.data.targets.items()
+        },
+        config=config,
+    )
+    problems = []
     for i, objective in enumerate(config.objectives):
-        if objective.name not in ("contrastive", "matching"):
-            continue
-        chosen = objective.options.get("inputs") or inputs
-        for name in chosen:
-            if name not in inputs:
-                problems.append(
-                    Problem(
-                        f"field 'objectives.{i}.options.inputs': '{name}' is not an input; inputs: {inputs}"
-                    )
-                )
-        if len(set(chosen)) < 2:
-            problems.append(
-                Problem(
-                    f"field 'objectives.{i}': {objective.name} needs at least two inputs to align, the table "
-                    f"has {inputs}"
-                )
-            )
-        anchor = objective.options.get("anchor")
-        if anchor is not None and anchor not in chosen:
-            problems.append(
-                Problem(f"field 'objectives.{i}.options.anchor': '{anchor}' is not among its inputs {chosen}")
-            )
+        if objective.name not in OBJECTIVES or any(
+            k not in objective_options(objective.name) for k in objective.options
+        ):
+            continue  # reported by check_objectives
+        try:
+            create_objective(objective.name, context, **objective.options)
+        except (ValueError, TypeError) as e:
+            problems.append(Problem(f"field 'objectives.{i}.options': {e}"))
     return problems
 
 

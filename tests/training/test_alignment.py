@@ -266,3 +266,28 @@ def test_a_table_without_labels_trains_a_contrastive_model(
         frame.head(4).to_dict("records"), base_dir=synthetic_table.parent
     )
     assert vectors.shape[0] == 4
+
+
+def test_validate_reports_bad_objective_values_as_field_errors(synthetic_table: Path, tmp_path: Path) -> None:
+    from polyfuse.init_config import check_config, init_config
+
+    config = init_config(
+        synthetic_table, ["label"], tmp_path / "c.yaml", objectives=["contrastive", "matching"]
+    )
+    contrastive, matching = config.objectives[1], config.objectives[2]
+    bad = config.model_copy(
+        update={
+            "objectives": [
+                config.objectives[0],
+                contrastive.model_copy(update={"options": {"embed_dim": 0, "anchor": "photo"}}),
+                matching.model_copy(update={"options": {"hard_negatives": 2.0}}),
+            ]
+        }
+    )
+    messages = [p.message for p in check_config(bad)]
+    assert any(m.startswith("field 'objectives.1.options'") and "anchor 'photo'" in m for m in messages), (
+        messages
+    )
+    assert any(m.startswith("field 'objectives.2.options'") and "hard_negatives" in m for m in messages), (
+        messages
+    )
