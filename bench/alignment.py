@@ -118,7 +118,7 @@ def stage_speakers(data: Path, work: Path) -> dict[str, Any]:
 def stage_zeroshot(data: Path, work: Path) -> dict[str, Any]:
     import polyfuse as pf
 
-    table = build_av_digits(work / "av", data)
+    table = build_av_digits(work / "av-captions", data)  # its own folder: the captions file stays beside it
     frame = pd.read_csv(table)
     frame["caption"] = [f"the digit {WORDS[int(v)]}" for v in frame["label"]]
     captioned = table.parent / "av_digits_captions.csv"
