@@ -127,21 +127,26 @@ class Predictor:
     def predict_table(self, rows: Rows | Table, base_dir: Path | None = None) -> pd.DataFrame:
         """What the model's objectives predict for each row, from one pass: labels / values per target plus
         `<target>_proba_<class>` columns (supervised), and a `consistency` column (matching)."""
-        table = self._table(rows, base_dir)
-        parts = []
-        if self.model.objectives_for("predict"):
-            outputs = self._supervised_outputs(table, base_dir)
-            parts.append(self._labels(outputs))
-            for target, spec in self.specs.items():
-                if spec.task != "regression":
-                    parts.append(self._probabilities(outputs, target).add_prefix(f"{target}_proba_"))
-        if self.model.objectives_for("consistency"):
-            parts.append(pd.DataFrame({"consistency": self.consistency(table, base_dir)}))
-        if not parts:
+        wanted = self.model.objectives_for("predict")[:1] + self.model.objectives_for("consistency")[:1]
+        if not wanted:
             raise DataError(
                 f"this model's objectives {list(self.model.objectives)} predict no column per row; use "
                 "embed, search or zero_shot"
             )
+        model = self.model
+
+        def per_row(output: ModelOutput, _: Batch) -> dict[str, torch.Tensor]:
+            return {k: v for name in wanted for k, v in model.objective(name).infer(output).items()}
+
+        outputs = self._collect(rows, base_dir, per_row)  # one pass: each row decoded once
+        parts = []
+        if self.specs:
+            parts.append(self._labels(outputs))
+            for target, spec in self.specs.items():
+                if spec.task != "regression":
+                    parts.append(self._probabilities(outputs, target).add_prefix(f"{target}_proba_"))
+        if "consistency" in outputs:
+            parts.append(pd.DataFrame({"consistency": outputs["consistency"].numpy()}))
         return pd.concat(parts, axis=1)
 
     def embed(

@@ -92,6 +92,9 @@ def test_alignment_model_trains_and_serves_every_capability(
 
     scores = predictor.consistency(rows, base_dir=base)
     assert scores.shape == (6,) and ((scores[1:] >= 0) & (scores[1:] <= 1)).all()
+    table = predictor.predict_table(rows, base_dir=base)  # what `polyfuse predict` writes
+    assert list(table.columns) == ["consistency"]
+    np.testing.assert_allclose(table["consistency"].to_numpy(), scores, rtol=1e-6)
     with pytest.raises(ValueError, match="supervised"):
         predictor.predict(rows, base_dir=base)
 
