@@ -84,7 +84,7 @@ def test_alignment_model_trains_and_serves_every_capability(
         rows, ["alpha", "beta"], modality="image", text_input="text", base_dir=base
     )
     assert list(zero_shot.columns) == ["label", "proba_alpha", "proba_beta"]
-    np.testing.assert_allclose(zero_shot[["proba_alpha", "proba_beta"]].sum(1), 1.0, rtol=1e-5)
+    np.testing.assert_allclose(zero_shot[["proba_alpha", "proba_beta"]].sum(axis=1), 1.0, rtol=1e-5)
     prompts = predictor.embed([{"text": t.format("alpha")} for t in ("{}", "a {}")], modality="text")
     assert not np.isnan(prompts).any()
     with pytest.raises(ValueError, match="modality"):
