@@ -4,7 +4,8 @@
       polyfuse.json          format + polyfuse versions, inputs, targets
       config.yaml            the resolved run config (Hugging Face encoders point at backbones/)
       model.safetensors      weights of everything but the Hugging Face backbones
-      backbones/<input>/     each Hugging Face backbone, save_pretrained (config.json + model.safetensors)
+      backbones/<input>/     each Hugging Face backbone, save_pretrained (config.json + model.safetensors),
+                             with its own processor (preprocessor_config.json / tokenizer files)
       tokenizer/             the text tokenizer, when there are text inputs
       preprocessing.json     image/audio/text settings, numeric statistics, vocabularies, label maps
       labels.json            class names per target
@@ -32,8 +33,10 @@ from torch import nn
 from polyfuse.atomic import atomic_replace_dir
 from polyfuse.config import EncoderConfig, RunConfig, parse_config
 from polyfuse.data.errors import DataError, Problem
+from polyfuse.data.modalities.pretrained import save_processor
 from polyfuse.data.preprocess import Preprocessor
 from polyfuse.data.schema import Modality
+from polyfuse.models.adapters import PEFT_METHODS, save_backbone
 from polyfuse.models.model import MultimodalModel, build_model, count_parameters, encoder_name
 
 FORMAT = "polyfuse-model"
@@ -67,16 +70,34 @@ def save_model(
         for name, key in model.input_keys.items():
             encoder = model.encoders[key]
             if _is_backbone(encoder):
-                encoder.save_pretrained(staging / "backbones" / key)  # type: ignore[operator]
                 modality = preprocessor.inputs[name]
                 original = encoder_name(config, name, modality)
                 chosen = config.encoders.get(name) or EncoderConfig(name=original)
+                adapter = chosen.adapter
+                merge = adapter is None or adapter.merge
+                if save_backbone(encoder, staging / "backbones" / key, merge=merge):
+                    assert adapter is not None  # an adapter folder is written for unmerged peft only
+                    adapter = adapter.model_copy(update={"path": f"backbones/{key}/adapter"})
+                elif adapter is not None and adapter.method in PEFT_METHODS:
+                    adapter = None  # merged into the saved backbone
+                options = {k: v for k, v in chosen.options.items() if k == "gradient_checkpointing"}
                 encoders[name] = EncoderConfig(
                     name=f"{modality.value}.hf",
                     trainable=chosen.trainable,
-                    options={"name_or_path": f"backbones/{key}", "saved_from": original},
+                    options={**options, "name_or_path": f"backbones/{key}", "saved_from": original},
+                    adapter=adapter,
+                    learning_rate=chosen.learning_rate,
                 )
                 backbone_prefixes.append(f"encoders.{key}.")
+        # Each pretrained encoder's processor goes beside its backbone, so a loaded model preprocesses
+        # that input exactly as in training.
+        state_text = preprocessor.state.model_copy(deep=True)
+        for name, spec in preprocessor.state.pretrained.items():
+            folder = staging / "backbones" / model.input_keys[name]
+            save_processor(spec, folder)
+            state_text.pretrained[name] = spec.model_copy(
+                update={"source": f"backbones/{model.input_keys[name]}"}
+            )
         state = {
             k: v.detach().cpu().contiguous()
             for k, v in model.state_dict().items()
@@ -84,7 +105,6 @@ def save_model(
         }
         save_file(state, str(staging / "model.safetensors"), metadata={"format": FORMAT})
 
-        state_text = preprocessor.state.model_copy(deep=True)
         if Modality.TEXT in preprocessor.inputs.values():
             preprocessor.tokenizer.save_pretrained(str(staging / "tokenizer"))
             state_text.config.text.tokenizer = "tokenizer"
@@ -122,13 +142,23 @@ def load_model(directory: Path | str) -> tuple[MultimodalModel, RunConfig, Prepr
         yaml.safe_load((directory / "config.yaml").read_text()), str(directory / "config.yaml")
     )
     encoders = {
-        name: enc.model_copy(update={"options": _resolve_backbone(enc.options, directory)})
+        name: enc.model_copy(
+            update={
+                "options": _resolve_backbone(enc.options, directory),
+                "adapter": enc.adapter
+                if enc.adapter is None or enc.adapter.path is None
+                else enc.adapter.model_copy(update={"path": str((directory / enc.adapter.path).resolve())}),
+            }
+        )
         for name, enc in config.encoders.items()
     }
     config = config.model_copy(update={"encoders": encoders})
     state_json = json.loads((directory / "preprocessing.json").read_text())
     if state_json.get("config", {}).get("text", {}).get("tokenizer") == "tokenizer":
         state_json["config"]["text"]["tokenizer"] = str((directory / "tokenizer").resolve())
+    for spec in state_json.get("pretrained", {}).values():
+        if str(spec.get("source", "")).startswith("backbones/"):
+            spec["source"] = str((directory / spec["source"]).resolve())
     preprocessor = Preprocessor.from_json(json.dumps(state_json))
     model = build_model(config, preprocessor)
     try:

@@ -315,6 +315,14 @@ def train_command(
         bool, typer.Option("--verbose", "-v", help="also print the whole resolved config")
     ] = False,
     quiet: Annotated[bool, typer.Option("--quiet", "-q", help="print only errors and the results")] = False,
+    devices: Annotated[
+        str | None, typer.Option(help="override training.devices: processes (CPU) or GPUs per node, or auto")
+    ] = None,
+    num_nodes: Annotated[int | None, typer.Option(help="override training.num_nodes")] = None,
+    strategy: Annotated[str | None, typer.Option(help="override training.strategy: auto, ddp, fsdp")] = None,
+    accelerator: Annotated[
+        str | None, typer.Option(help="override training.accelerator: auto, cpu, gpu")
+    ] = None,
 ) -> None:
     """Train a model from CONFIG; writes RUN_DIR/model (and checkpoints, logs, metrics.json).
 
@@ -329,7 +337,15 @@ def train_command(
         training = config.training.model_copy(
             update={
                 k: v
-                for k, v in {"epochs": epochs, "seed": seed, "init_from": init_from}.items()
+                for k, v in {
+                    "epochs": epochs,
+                    "seed": seed,
+                    "init_from": init_from,
+                    "devices": int(devices) if devices is not None and devices.isdigit() else devices,
+                    "num_nodes": num_nodes,
+                    "strategy": strategy,
+                    "accelerator": accelerator,
+                }.items()
                 if v is not None
             }
         )
@@ -347,6 +363,8 @@ def train_command(
         console.print(config.to_yaml(), markup=False, highlight=False)
     log = (lambda *args, **kwargs: None) if quiet else _plain_print
     result = train(config, output, resume=resume, show_progress=sys.stdout.isatty() and not quiet, log=log)
+    if not result.main_process:
+        return  # the other ranks of a multi-process run: rank 0 reports
     if not quiet:
         console.print(f"resolved config saved to {output / 'config.yaml'}; logs in {output / 'logs'}")
     for split in ("val", "test"):

@@ -20,6 +20,30 @@ from polyfuse.data.prepare import DataConfig
 CONFIG_VERSION = 1
 
 
+AdapterMethod = Literal["lora", "ia3", "bitfit", "norm", "bottleneck"]
+
+
+class AdapterConfig(BaseModel):
+    """Parameter-efficient fine-tuning of an encoder; see polyfuse.models.adapters."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    method: AdapterMethod = Field(description="lora, ia3, bitfit, norm or bottleneck")
+    rank: int = Field(8, ge=1, description="LoRA rank r")
+    alpha: float = Field(16.0, gt=0, description="LoRA scaling: updates are multiplied by alpha / rank")
+    dropout: float = Field(0.0, ge=0.0, lt=1.0, description="dropout on the LoRA input")
+    target_modules: list[str] | None = Field(
+        None, description="module names (suffixes) LoRA / IA3 adapt; default: per model family"
+    )
+    bottleneck_dim: int = Field(64, ge=1, description="inner size of a bottleneck adapter")
+    merge: bool = Field(
+        True,
+        description="LoRA / IA3: merge into the backbone before saving (a plain backbone in the model); "
+        "false saves base + adapter and loads both",
+    )
+    path: str | None = Field(None, description="a saved peft adapter folder to load (set by the artifact)")
+
+
 class EncoderConfig(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
@@ -27,6 +51,12 @@ class EncoderConfig(BaseModel):
     trainable: bool = Field(True, description="False freezes the encoder (its outputs are then cached)")
     options: dict[str, Any] = Field(
         default_factory=dict, description="constructor arguments, e.g. {widths: [32, 64, 128]}"
+    )
+    adapter: AdapterConfig | None = Field(
+        None, description="parameter-efficient fine-tuning: {method: lora | ia3 | bitfit | norm | bottleneck}"
+    )
+    learning_rate: float | None = Field(
+        None, gt=0.0, description="this encoder's learning rate (default: training.encoder_learning_rate)"
     )
 
 
@@ -104,6 +134,18 @@ class TrainingConfig(BaseModel):
     accelerator: str = Field("auto", description="auto, cpu, gpu")
     devices: int | str = Field(1, description="number of devices (or 'auto'); >1 runs DDP")
     num_nodes: int = Field(1, ge=1)
+    strategy: Literal["auto", "ddp", "fsdp"] = Field(
+        "auto",
+        description="how several devices / processes share the work (Lightning's): ddp replicates the model "
+        "and averages gradients; fsdp shards parameters, gradients and optimizer state; auto = ddp when "
+        "devices x nodes > 1",
+    )
+    find_unused_parameters: bool = Field(
+        True,
+        description="DDP looks for parameters that got no gradient in a step (an unused head, a backbone "
+        "part a modality never reaches) instead of failing on them; false saves a graph walk per step when "
+        "every parameter is used",
+    )
     num_workers: int = Field(0, ge=0, description="DataLoader worker processes")
     group_by_length: bool = Field(
         False,
@@ -123,6 +165,26 @@ class TrainingConfig(BaseModel):
         True, description="deterministic kernels: identical reruns and resumes on CPU"
     )
     log_every_n_steps: int = Field(10, ge=1)
+    encoder_learning_rate: float | None = Field(
+        None,
+        gt=0.0,
+        description="learning rate of pretrained (Hugging Face) encoders; new layers (fusion, heads, "
+        "adapters, from-scratch encoders) use learning_rate; null: learning_rate for all",
+    )
+    layer_decay: float = Field(
+        1.0,
+        gt=0.0,
+        le=1.0,
+        description="layer-wise learning-rate decay in pretrained encoders: layer l of L trains at "
+        "rate x decay^(L - l), the embeddings at x decay^(L + 1); 1 disables",
+    )
+    unfreeze_after_epochs: int | None = Field(
+        None,
+        ge=1,
+        description="gradual unfreezing: pretrained encoders stay frozen (heads and adapters train) for this "
+        "many epochs, then train too; null: from the start. Single-process only (DDP fixes the set of "
+        "trained parameters)",
+    )
 
 
 class RunConfig(BaseModel):

@@ -10,6 +10,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+import tiny_hf
 import torch
 import transformers
 from torch import Tensor, nn
@@ -73,99 +74,21 @@ def waveform_batch() -> ModalityBatch:
 
 def whisper_batch() -> ModalityBatch:
     return _batch(
-        torch.randn(B, 80, 32), _lengths_mask([32, 20], 32)
+        torch.randn(B, 80, 100), _lengths_mask([100, 60], 100)
     )  # (B, 80 mels, 2 * max_source_positions)
 
 
 def ast_batch() -> ModalityBatch:
-    return _batch(torch.randn(B, 32, 16))  # (B, max_length frames, mel)
+    return _batch(torch.randn(B, 16, 32))  # (B, mel, max_length frames): mel first, as audio is collated
 
 
-# ---- tiny random Hugging Face backbones, saved once per session
-
-
-def _tiny_hf_models() -> dict[str, transformers.PreTrainedModel]:
-    tiny = {"hidden_size": 32, "num_hidden_layers": 1, "num_attention_heads": 2, "intermediate_size": 37}
-    vision = {**tiny, "image_size": 32, "patch_size": 8}
-    speech = {
-        **tiny,
-        "vocab_size": 10,
-        "conv_dim": (16, 16),
-        "conv_stride": (5, 2),
-        "conv_kernel": (10, 3),
-        "num_conv_pos_embeddings": 16,
-        "num_conv_pos_embedding_groups": 2,
-        "layerdrop": 0.0,  # HF's default 0.1 skips whole layers at random in training
-    }
-    return {
-        "bert": transformers.BertModel(
-            transformers.BertConfig(
-                vocab_size=100, max_position_embeddings=64, **{**tiny, "num_hidden_layers": 2}
-            )
-        ),
-        "vit": transformers.ViTModel(transformers.ViTConfig(**vision)),
-        "clip_vision": transformers.CLIPVisionModel(transformers.CLIPVisionConfig(**vision)),
-        "clip": transformers.CLIPModel(
-            transformers.CLIPConfig(
-                text_config={**tiny, "vocab_size": 100, "bos_token_id": 0, "eos_token_id": 2},
-                vision_config=vision,
-                projection_dim=16,
-            )
-        ),
-        # no CLS token: pooled must be its pooler's token mean, not token 0
-        "swin": transformers.SwinModel(
-            transformers.SwinConfig(
-                image_size=32, patch_size=4, embed_dim=16, depths=[1, 1], num_heads=[2, 2], window_size=4
-            )
-        ),
-        "convnext": transformers.ConvNextModel(
-            transformers.ConvNextConfig(hidden_sizes=[16, 32], depths=[1, 1], num_stages=2, image_size=32)
-        ),
-        "resnet": transformers.ResNetModel(
-            transformers.ResNetConfig(
-                embedding_size=8, hidden_sizes=[16, 32], depths=[1, 1], layer_type="basic"
-            )
-        ),
-        # group norm in the feature encoder: takes no attention_mask
-        "wav2vec2": transformers.Wav2Vec2Model(transformers.Wav2Vec2Config(**speech)),
-        # layer norm in the feature encoder: takes the attention_mask
-        "hubert": transformers.HubertModel(transformers.HubertConfig(**speech, feat_extract_norm="layer")),
-        "whisper": transformers.WhisperModel(
-            transformers.WhisperConfig(
-                d_model=32,
-                encoder_layers=1,
-                decoder_layers=1,
-                encoder_attention_heads=2,
-                decoder_attention_heads=2,
-                encoder_ffn_dim=37,
-                decoder_ffn_dim=37,
-                num_mel_bins=80,
-                max_source_positions=16,  # input_features (B, 80, 32) instead of (B, 80, 3000)
-                max_target_positions=16,
-                vocab_size=100,
-                pad_token_id=0,
-                bos_token_id=1,
-                eos_token_id=2,
-                decoder_start_token_id=1,
-            )
-        ),
-        "ast": transformers.ASTModel(
-            transformers.ASTConfig(
-                **tiny, patch_size=8, frequency_stride=8, time_stride=8, max_length=32, num_mel_bins=16
-            )
-        ),
-    }
+# ---- tiny random Hugging Face backbones (tests/tiny_hf.py), saved once per session with their processors
 
 
 @pytest.fixture(scope="session")
 def hf_dirs(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
     torch.manual_seed(0)
-    root = tmp_path_factory.mktemp("hf")
-    dirs = {}
-    for name, model in _tiny_hf_models().items():
-        model.save_pretrained(root / name)
-        dirs[name] = root / name
-    return dirs
+    return tiny_hf.build_all(tmp_path_factory.mktemp("hf"))
 
 
 @pytest.fixture(autouse=True)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Literal
@@ -12,8 +13,9 @@ from pydantic import BaseModel, ConfigDict, Field
 from polyfuse.data.cache import FeatureCache, default_cache_dir
 from polyfuse.data.errors import DataError, Problem
 from polyfuse.data.infer import infer_schema
+from polyfuse.data.modalities.pretrained import PretrainedInput
 from polyfuse.data.preprocess import PreprocessingConfig, Preprocessor, TaskKind
-from polyfuse.data.schema import Role, TableSchema
+from polyfuse.data.schema import Modality, Role, TableSchema
 from polyfuse.data.splits import SplitConfig, assign_splits
 from polyfuse.data.table import Table, read_table
 from polyfuse.data.validate import ValidationReport, check_ids, validate_rows
@@ -94,9 +96,16 @@ def draw_splits(table: Table, config: DataConfig, schema: TableSchema) -> pd.Ser
     return assign_splits(table.frame, effective_split(config, schema), default_stratify=first_target)
 
 
-def prepare_data(config: DataConfig, *, show_progress: bool = True, validate: bool = True) -> PreparedData:
+def prepare_data(
+    config: DataConfig,
+    *,
+    show_progress: bool = True,
+    validate: bool = True,
+    pretrained: Callable[[Mapping[str, Modality]], Mapping[str, PretrainedInput]] | None = None,
+) -> PreparedData:
     """Read, infer, split, fit on train, validate every row; raise DataError listing every problem unless
-    `config.drop_invalid`, which drops the bad rows instead."""
+    `config.drop_invalid`, which drops the bad rows instead. `pretrained` maps the table's inputs (name →
+    modality) to the preprocessing their pretrained encoders carry."""
     table = read_table(config.table, encoding=config.encoding)
     schema = resolve_schema(table, config)
     if not schema.input_columns():
@@ -123,8 +132,9 @@ def prepare_data(config: DataConfig, *, show_progress: bool = True, validate: bo
     train_rows = list(splits.index[splits == "train"])
     if not train_rows:
         raise DataError([Problem("the training split is empty", fix="check the split column or fractions")])
+    specs = pretrained(schema.input_names()) if pretrained is not None else {}
     preprocessor = Preprocessor.fit(
-        table.subset(train_rows), schema, config.preprocessing, config.targets, cache=cache
+        table.subset(train_rows), schema, config.preprocessing, config.targets, cache=cache, pretrained=specs
     )
     report = ValidationReport(problems=problems)
     if validate:
@@ -143,6 +153,11 @@ def prepare_data(config: DataConfig, *, show_progress: bool = True, validate: bo
         # Statistics must not see dropped rows: refit on the remaining training rows.
         train_rows = list(splits.index[splits == "train"])
         preprocessor = Preprocessor.fit(
-            table.subset(train_rows), schema, config.preprocessing, config.targets, cache=cache
+            table.subset(train_rows),
+            schema,
+            config.preprocessing,
+            config.targets,
+            cache=cache,
+            pretrained=specs,
         )
     return PreparedData(table, schema, splits, preprocessor, report, bad)

@@ -30,6 +30,16 @@ from polyfuse.data.modalities.image import (
     image_to_tensor,
     normalised_black,
 )
+from polyfuse.data.modalities.pretrained import (
+    AUDIO_FAMILIES,
+    PretrainedInput,
+    audio_values,
+    feature_rows,
+    image_fill,
+    image_pixels,
+    processor_digest,
+    sampling_rate,
+)
 from polyfuse.data.modalities.tabular import (
     CategoryConfig,
     CategoryVocab,
@@ -76,6 +86,9 @@ class PreprocessorState(BaseModel):
     numeric: dict[str, NumericStats] = Field(default_factory=dict)
     category: dict[str, CategoryVocab] = Field(default_factory=dict)
     targets: dict[str, TargetSpec] = Field(default_factory=dict)
+    # input name → the preprocessing of the pretrained encoder that reads it (replaces the modality's
+    # own settings for that input; see polyfuse.data.modalities.pretrained)
+    pretrained: dict[str, PretrainedInput] = Field(default_factory=dict)
 
 
 # One row's features, before collation: input name → tensor, or None where the row lacks it.
@@ -95,6 +108,19 @@ class Preprocessor:
         audio_params = cfg.audio.model_dump(exclude={"augment"})
         self._wave_key = params_digest({"kind": "audio.wave", **audio_params})
         self._audio_key = params_digest({"kind": "audio.features", **audio_params})
+        self._pretrained_keys = {
+            name: params_digest(
+                {
+                    "kind": "pretrained",
+                    **processor_digest(spec),
+                    "decode": (cfg.image if spec.family == "image" else cfg.audio).model_dump(
+                        exclude={"augment"}
+                    ),
+                }
+            )
+            for name, spec in state.pretrained.items()
+            if spec.family != "text"
+        }
 
     # --- fitting and persistence -------------------------------------------------------------------
     @classmethod
@@ -105,8 +131,10 @@ class Preprocessor:
         config: PreprocessingConfig,
         targets: Mapping[str, TaskKind | None] | None = None,
         cache: FeatureCache | None = None,
+        pretrained: Mapping[str, PretrainedInput] | None = None,
     ) -> Preprocessor:
-        """Fit statistics, vocabularies and label maps on the training rows only."""
+        """Fit statistics, vocabularies and label maps on the training rows only. `pretrained`: the inputs
+        read by pretrained encoders, which get those encoders' own preprocessing."""
         frame = train.frame
         numeric = {c: NumericStats.fit(frame[c]) for c in schema.columns_of(Modality.NUMERIC)}
         category = {
@@ -120,7 +148,12 @@ class Preprocessor:
                 )
             specs[column] = fit_target(frame[column], column, task)
         state = PreprocessorState(
-            config=config, table_schema=schema, numeric=numeric, category=category, targets=specs
+            config=config,
+            table_schema=schema,
+            numeric=numeric,
+            category=category,
+            targets=specs,
+            pretrained=dict(pretrained or {}),
         )
         return cls(state, cache)
 
@@ -143,6 +176,11 @@ class Preprocessor:
     @property
     def tokenizer(self) -> Any:
         return load_tokenizer(self.state.config.text.tokenizer)
+
+    def tokenizer_of(self, name: str) -> Any:
+        """The tokenizer of text input `name`: its pretrained encoder's own, else the configured one."""
+        spec = self.state.pretrained.get(name)
+        return load_tokenizer(spec.source) if spec is not None else self.tokenizer
 
     # --- one row -> tensors --------------------------------------------------------------------------
     def encode_inputs(
@@ -193,10 +231,17 @@ class Preprocessor:
         if modality is Modality.TEXT:
             if cell is None or (not isinstance(cell, str) and is_missing(cell)) or cell == "":
                 return None
-            return tokenize(cell, self.tokenizer, cfg.text)  # type: ignore[arg-type]
+            tokenizer = self.tokenizer_of(name)
+            text_cfg = cfg.text
+            if name in self.state.pretrained and tokenizer.model_max_length < text_cfg.max_length:
+                # past the backbone's position embeddings the ids would index nothing
+                text_cfg = text_cfg.model_copy(update={"max_length": int(tokenizer.model_max_length)})
+            return tokenize(cell, tokenizer, text_cfg)  # type: ignore[arg-type]
         source = resolve_media(cell, base_dir, allow_base64=allow_base64, allow_paths=allow_paths)
         if source is None:
             return None
+        if name in self.state.pretrained:
+            return self._pretrained(name, source, generator)
         if modality is Modality.IMAGE:
             content = read_source_bytes(source, cfg.image.max_file_bytes)
             pixels = self.cache.fetch(content, self._image_key, lambda: decode_image(content, cfg.image))
@@ -225,6 +270,40 @@ class Preprocessor:
             assert generator is not None
             features = spec_augment(features, cfg.audio.augment, generator)
         return features
+
+    def _pretrained(self, name: str, source: Any, generator: torch.Generator | None) -> Tensor:
+        """An image or audio cell made into exactly what input `name`'s pretrained encoder reads."""
+        spec = self.state.pretrained[name]
+        cfg = self.state.config
+        key = self._pretrained_keys[name]
+        if spec.family == "image":
+            content = read_source_bytes(source, cfg.image.max_file_bytes)
+            rgb = cfg.image.model_copy(update={"mode": "RGB"})  # every image backbone takes 3 channels
+            image = torch.from_numpy(
+                self.cache.fetch(
+                    content, key, lambda: image_pixels(decode_image(content, rgb, resize=False), spec)
+                )
+            )  # (3, H, W)
+            if generator is not None and cfg.image.augment.enabled:
+                image = augment_image(image, cfg.image.augment, generator, fill=image_fill(spec))
+            return image
+        assert spec.family in AUDIO_FAMILIES
+        content = read_source_bytes(source, cfg.audio.max_file_bytes)
+        # decoded and resampled to the extractor's rate, whatever audio.sample_rate says
+        audio_cfg = cfg.audio.model_copy(update={"sample_rate": sampling_rate(spec), "f_max": None})
+        augment = cfg.audio.augment
+        if (
+            generator is not None
+            and augment.enabled
+            and (augment.noise_probability > 0 or augment.gain_db != (0.0, 0.0))
+        ):
+            # Gain and noise act on the waveform, before the extractor; SpecAugment is polyfuse's own
+            # log-mel augmentation and is not applied to a backbone's features.
+            wave = augment_waveform(torch.from_numpy(decode_audio(content, audio_cfg)), augment, generator)
+            return torch.from_numpy(audio_values(wave.numpy(), spec))
+        return torch.from_numpy(
+            self.cache.fetch(content, key, lambda: audio_values(decode_audio(content, audio_cfg), spec))
+        )  # (F, T)
 
     def _numeric(self, row: Mapping[str, Any], problems: list[Problem]) -> Tensor | None:
         values = []
@@ -263,12 +342,15 @@ class Preprocessor:
         cfg = self.state.config
         sizes: dict[str, int] = {}
         for name, modality in self.inputs.items():
-            if modality is Modality.IMAGE:
+            spec = self.state.pretrained.get(name)
+            if spec is not None and spec.family != "text":
+                sizes[name] = 3 if spec.family == "image" else feature_rows(spec)
+            elif modality is Modality.IMAGE:
                 sizes[name] = 1 if cfg.image.mode == "L" else 3
             elif modality is Modality.AUDIO:
                 sizes[name] = cfg.audio.n_mfcc if cfg.audio.feature == "mfcc" else cfg.audio.n_mels
             elif modality is Modality.TEXT:
-                sizes[name] = len(self.tokenizer)
+                sizes[name] = len(self.tokenizer_of(name))
             elif modality is Modality.NUMERIC:
                 sizes[name] = len(self.numeric_columns)
             else:
@@ -276,9 +358,8 @@ class Preprocessor:
         return sizes
 
     def padding_values(self) -> dict[str, int]:
-        """Token id used to pad each text input."""
-        pad = pad_token_id(self.tokenizer) if Modality.TEXT in self.inputs.values() else 0
-        return {n: pad for n, m in self.inputs.items() if m is Modality.TEXT}
+        """Token id used to pad each text input (its own tokenizer's)."""
+        return {n: pad_token_id(self.tokenizer_of(n)) for n, m in self.inputs.items() if m is Modality.TEXT}
 
 
 def fit_target(series: Any, column: str, task: TaskKind | None) -> TargetSpec:

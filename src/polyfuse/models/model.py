@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import inspect
 import re
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Mapping
 from contextlib import contextmanager
 from typing import Any
 
@@ -13,10 +13,11 @@ from torch import Tensor, nn
 
 from polyfuse.config import RunConfig
 from polyfuse.data.batch import Batch
+from polyfuse.data.modalities.pretrained import PretrainedInput
 from polyfuse.data.modalities.tabular import CategoryVocab
 from polyfuse.data.preprocess import Preprocessor
 from polyfuse.data.schema import Modality
-from polyfuse.models.encoders import DEFAULT_ENCODERS, create_encoder
+from polyfuse.models.encoders import DEFAULT_ENCODERS, create_encoder, pretrained_input
 from polyfuse.models.frozen_cache import FrozenOutputCache
 from polyfuse.models.fusion import create_fusion
 from polyfuse.models.outputs import EncoderOutput
@@ -77,6 +78,7 @@ class MultimodalModel(nn.Module):
         fusion: nn.Module | None,
         objectives: dict[str, nn.Module],
         weights: dict[str, float] | None = None,
+        adapters: dict[str, nn.Module] | None = None,
     ) -> None:
         super().__init__()
         keys = {name: module_key(name) for name in sorted(encoders)}
@@ -85,6 +87,8 @@ class MultimodalModel(nn.Module):
         self.input_keys = keys  # input (column) name → module key
         self.encoders = nn.ModuleDict({keys[n]: encoders[n] for n in sorted(encoders)})
         self.frozen_caches: dict[str, FrozenOutputCache] = {}  # see cache_frozen_encoders
+        # bottleneck adapters between a (frozen) encoder and the fusion, by input name
+        self.adapters = nn.ModuleDict({keys[n]: a for n, a in sorted((adapters or {}).items())})
         self.fusion = fusion
         self.objectives = nn.ModuleDict(objectives)  # in config order: losses are summed in this order
         self.objective_weights = {name: (weights or {}).get(name, 1.0) for name in objectives}
@@ -119,6 +123,8 @@ class MultimodalModel(nn.Module):
             values = batch.inputs[name]
             cache = caches.get(key)
             features[name] = cache(self.encoders[key], values) if cache else self.encoders[key](values)
+            if key in self.adapters:
+                features[name] = self.adapters[key](features[name])
             present[name] = values.present
         return ModelOutput(features, present, self._fuse if self.fusion is not None else None)
 
@@ -186,6 +192,17 @@ def encoder_name(config: RunConfig, input_name: str, modality: Modality) -> str:
     return chosen.name if chosen else DEFAULT_ENCODERS[modality.value]
 
 
+def pretrained_inputs(config: RunConfig, inputs: Mapping[str, Modality]) -> dict[str, PretrainedInput]:
+    """Input name → the preprocessing its pretrained encoder carries, for the inputs that have one."""
+    specs = {}
+    for name, modality in inputs.items():
+        chosen = config.encoders.get(name)
+        spec = pretrained_input(encoder_name(config, name, modality), chosen.options if chosen else {})
+        if spec is not None:
+            specs[name] = spec
+    return specs
+
+
 def build_encoder(
     config: RunConfig, input_name: str, modality: Modality, preprocessor: Preprocessor
 ) -> nn.Module:
@@ -203,7 +220,12 @@ def build_encoder(
     for key, value in _data_kwargs(name, modality, preprocessor).items():
         if key in accepted and key not in options:
             options[key] = value
-    return create_encoder(name, trainable=trainable, **options)
+    encoder = create_encoder(name, trainable=trainable, **options)
+    if chosen is not None and chosen.adapter is not None:
+        from polyfuse.models.adapters import apply_adapter
+
+        apply_adapter(encoder, chosen.adapter)
+    return encoder
 
 
 def build_model(config: RunConfig, preprocessor: Preprocessor) -> MultimodalModel:
@@ -246,7 +268,14 @@ def build_model(config: RunConfig, preprocessor: Preprocessor) -> MultimodalMode
         # the random draws, and with them every other module's initial weights, do not depend on this.
         fusion = None
     weights = {o.name: o.weight for o in config.objectives}
-    return MultimodalModel(encoders, fusion, objectives, weights)  # type: ignore[arg-type]
+    adapters = {}
+    for name, dim in dims.items():
+        chosen = config.encoders.get(name)
+        if chosen is not None and chosen.adapter is not None and chosen.adapter.method == "bottleneck":
+            from polyfuse.models.adapters import BottleneckAdapter
+
+            adapters[name] = BottleneckAdapter(dim, chosen.adapter.bottleneck_dim)
+    return MultimodalModel(encoders, fusion, objectives, weights, adapters)  # type: ignore[arg-type]
 
 
 def count_parameters(model: nn.Module, trainable_only: bool = False) -> int:

@@ -81,6 +81,35 @@ class EpochSampler(Sampler[int]):
         return len(self.dataset)
 
 
+def epoch_samplers(loader: object) -> list[EpochSampler]:
+    """The EpochSamplers behind a DataLoader, through Lightning's wrappers: under DDP the loader's sampler
+    is a DistributedSamplerWrapper whose `.dataset._sampler` is ours (and a batch sampler's `.sampler`)."""
+    found: list[EpochSampler] = []
+    seen: set[int] = set()
+    candidates = [
+        getattr(loader, "sampler", None),
+        getattr(getattr(loader, "batch_sampler", None), "sampler", None),
+    ]
+    while candidates:
+        sampler = candidates.pop()
+        if sampler is None or id(sampler) in seen:
+            continue
+        seen.add(id(sampler))
+        if isinstance(sampler, EpochSampler):
+            found.append(sampler)
+        else:
+            candidates += [getattr(sampler, a, None) for a in ("_sampler", "dataset", "sampler")]
+    return found
+
+
+def set_sampler_epoch(loader: object, epoch: int) -> None:
+    """Shuffling and augmentation of `epoch`, whatever wraps the sampler: every process of a DDP run then
+    draws the same permutation from (seed, epoch) and takes its own slice of it, so the union of one step's
+    batches over the processes is the batch a single process would have drawn."""
+    for sampler in epoch_samplers(loader):
+        sampler.set_epoch(epoch)
+
+
 def sequence_lengths(dataset: MultimodalDataset) -> list[tuple[int, ...]]:
     """Per row, the lengths of its audio (frames) then text (tokens) inputs, 0 where one is missing.
 

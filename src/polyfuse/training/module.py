@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import math
+import re
 from typing import Any
 
 import lightning as L
@@ -12,6 +13,7 @@ from torch import Tensor
 from polyfuse.config import TrainingConfig
 from polyfuse.data.batch import Batch
 from polyfuse.models.model import ModelOutput, MultimodalModel
+from polyfuse.training.data import set_sampler_epoch
 
 
 def warmup_cosine(step: int, total_steps: int, warmup_steps: int, min_ratio: float) -> float:
@@ -20,6 +22,48 @@ def warmup_cosine(step: int, total_steps: int, warmup_steps: int, min_ratio: flo
         return (step + 1) / warmup_steps
     progress = min(1.0, (step - warmup_steps) / max(1, total_steps - warmup_steps))
     return min_ratio + (1 - min_ratio) * 0.5 * (1 + math.cos(math.pi * progress))
+
+
+PEFT_PARAMETER_TAGS = ("lora_", "ia3_")
+LAYER_INDEX = re.compile(r"\.(?:layer|layers|block|blocks)\.(\d+)\.")
+
+
+def pretrained_parameters(model: MultimodalModel) -> list[tuple[str, torch.nn.Parameter]]:
+    """(name, parameter) of the pretrained Hugging Face backbones (encoders with a `name_or_path`), less
+    the LoRA / IA3 parameters peft adds to them (new layers, trained like the heads)."""
+    found = []
+    for key, encoder in model.encoders.items():
+        if hasattr(encoder, "name_or_path"):
+            found += [
+                (f"encoders.{key}.{n}", p)
+                for n, p in encoder.named_parameters()
+                if not any(tag in n for tag in PEFT_PARAMETER_TAGS)
+            ]
+    return found
+
+
+def learning_rate_scales(model: MultimodalModel, decay: float) -> dict[str, float]:
+    """Layer-wise learning-rate decay (Clark et al. 2020) in each pretrained encoder of L layers: layer l
+    (0-based) trains at decay^(L - 1 - l), the embeddings at decay^L, everything above the layers (final
+    norm, pooler) at 1. Parameter name -> multiplier; names not listed train at 1."""
+    if decay == 1.0:
+        return {}
+    scales = {}
+    named = pretrained_parameters(model)
+    for key in model.encoders:
+        prefix = f"encoders.{key}."
+        own = [(n, p) for n, p in named if n.startswith(prefix)]
+        layers = [int(m.group(1)) for n, _ in own if (m := LAYER_INDEX.search(n))]
+        if not layers:
+            continue
+        depth = max(layers) + 1
+        for name, _ in own:
+            match = LAYER_INDEX.search(name)
+            if match:
+                scales[name] = decay ** (depth - 1 - int(match.group(1)))
+            elif "embed" in name:
+                scales[name] = decay**depth
+    return scales
 
 
 class PolyfuseModule(L.LightningModule):
@@ -32,12 +76,21 @@ class PolyfuseModule(L.LightningModule):
         *,
         total_steps: int,
         extra_state: dict[str, Any] | None = None,
+        encoder_learning_rates: dict[str, float] | None = None,
     ) -> None:
         super().__init__()
         self.model = model
         self.training_config = training
         self.total_steps = total_steps
         self.extra_state = extra_state or {}  # saved into every checkpoint (config, preprocessing)
+        # input name → learning rate of its encoder, where the config sets one
+        self.encoder_learning_rates = encoder_learning_rates or {}
+        # gradual unfreezing: the pretrained encoders' trainable parameters wait for their epoch
+        self.waiting: list[torch.nn.Parameter] = []
+        if training.unfreeze_after_epochs is not None:
+            self.waiting = [p for _, p in pretrained_parameters(model) if p.requires_grad]
+            for p in self.waiting:
+                p.requires_grad_(False)
 
     def forward(self, batch: Batch) -> ModelOutput:
         output: ModelOutput = self.model(batch)
@@ -53,14 +106,11 @@ class PolyfuseModule(L.LightningModule):
         torch.manual_seed(self.training_config.seed * 100_003 + self.current_epoch * 101 + self.global_rank)
         # Lightning sets the sampler epoch from its progress counter, which after a resume from an
         # end-of-epoch checkpoint can lag by one; shuffling and augmentation must follow current_epoch.
-        loader = self.trainer.train_dataloader
-        for sampler in (
-            getattr(loader, "sampler", None),
-            getattr(getattr(loader, "batch_sampler", None), "sampler", None),
-        ):
-            set_epoch = getattr(sampler, "set_epoch", None)
-            if callable(set_epoch):
-                set_epoch(self.current_epoch)
+        set_sampler_epoch(self.trainer.train_dataloader, self.current_epoch)
+        unfreeze_at = self.training_config.unfreeze_after_epochs
+        if unfreeze_at is not None:
+            for p in self.waiting:  # (again after a resume past that epoch)
+                p.requires_grad_(self.current_epoch >= unfreeze_at)
 
     def training_step(self, batch: Batch, batch_idx: int) -> Tensor:
         _, losses = self._losses(batch)
@@ -83,15 +133,27 @@ class PolyfuseModule(L.LightningModule):
 
     def configure_optimizers(self) -> Any:
         cfg = self.training_config
-        decay: list[torch.nn.Parameter] = []
-        no_decay: list[torch.nn.Parameter] = []
+        waiting = {id(p) for p in self.waiting}
+        groups: dict[tuple[float, float], list[torch.nn.Parameter]] = {}
+        scales = learning_rate_scales(self.model, cfg.layer_decay)
+        encoder_rates = {self.model.input_keys[n]: lr for n, lr in self.encoder_learning_rates.items()}
+        pretrained = {id(p) for _, p in pretrained_parameters(self.model)}
         for name, p in self.model.named_parameters():
-            if not p.requires_grad:
+            if not p.requires_grad and id(p) not in waiting:
                 continue
+            key = name.split(".")[1] if name.startswith("encoders.") else None
+            if key is not None and key in encoder_rates:
+                lr = encoder_rates[key]
+            elif id(p) in pretrained:
+                lr = cfg.encoder_learning_rate or cfg.learning_rate
+            else:
+                lr = cfg.learning_rate  # new layers: fusion, heads, adapters, from-scratch encoders
+            lr *= scales.get(name, 1.0)
             # Biases, norms, embeddings and learned missing-modality vectors are not weight-decayed.
-            (no_decay if p.ndim < 2 or "missing" in name or "embed" in name else decay).append(p)
+            no_decay = p.ndim < 2 or "missing" in name or "embed" in name
+            groups.setdefault((lr, 0.0 if no_decay else cfg.weight_decay), []).append(p)
         optimizer = torch.optim.AdamW(
-            [{"params": decay, "weight_decay": cfg.weight_decay}, {"params": no_decay, "weight_decay": 0.0}],
+            [{"params": ps, "lr": lr, "weight_decay": wd} for (lr, wd), ps in groups.items()],
             lr=cfg.learning_rate,
         )
         warmup = int(cfg.warmup_fraction * self.total_steps)

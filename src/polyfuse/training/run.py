@@ -7,6 +7,10 @@ RUN_DIR/
   checkpoints/best.ckpt  the best epoch by `training.monitor`
   logs/                  metrics per epoch as CSV and TensorBoard event files
   model/                 the model directory (see polyfuse.artifact)
+
+Several processes (`--devices N --num-nodes M`, torchrun, SLURM): every process prepares the data and
+trains its shard of each batch; only the global rank 0 writes RUN_DIR files, the checkpoints (Lightning's
+own rule) and the model directory.
 """
 
 from __future__ import annotations
@@ -24,14 +28,20 @@ import torch
 
 from polyfuse.artifact import save_model
 from polyfuse.atomic import atomic_write_text
-from polyfuse.config import RunConfig
+from polyfuse.config import RunConfig, TrainingConfig
 from polyfuse.data.errors import DataError
 from polyfuse.data.prepare import PreparedData, effective_split, prepare_data
 from polyfuse.data.preprocess import Preprocessor
 from polyfuse.data.splits import empty_split_problems
 from polyfuse.evaluation.evaluate import score_objectives
 from polyfuse.init_config import check_config
-from polyfuse.models.model import MultimodalModel, build_model, count_parameters, encoder_name
+from polyfuse.models.model import (
+    MultimodalModel,
+    build_model,
+    count_parameters,
+    encoder_name,
+    pretrained_inputs,
+)
 from polyfuse.training.data import make_loader
 from polyfuse.training.init_from import init_from
 
@@ -45,6 +55,29 @@ class TrainResult:
     epochs: int
     seconds: float
     parameters: int
+    main_process: bool = True  # False on the other ranks of a multi-process run: they write nothing
+
+
+def is_main_process() -> bool:
+    """Global rank 0, known from the launcher's environment (RANK, SLURM_PROCID, LOCAL_RANK + NODE_RANK)
+    before any process group exists; True for a single process."""
+    from lightning.fabric.utilities.rank_zero import rank_zero_only
+
+    return int(getattr(rank_zero_only, "rank", 0)) == 0
+
+
+def make_strategy(training: TrainingConfig) -> Any:
+    """Lightning's strategy for training.strategy: DDP tolerates parameters without a gradient unless
+    told they never occur (find_unused_parameters); FSDP keeps the original parameters so that frozen
+    and trainable ones can share a wrapped module."""
+    from lightning.pytorch.strategies import DDPStrategy, FSDPStrategy
+
+    if training.strategy == "fsdp":
+        return FSDPStrategy(use_orig_params=True)
+    single = isinstance(training.devices, int) and training.devices * training.num_nodes == 1
+    if training.strategy == "auto" and single:
+        return "auto"
+    return DDPStrategy(find_unused_parameters=training.find_unused_parameters)
 
 
 def train(
@@ -65,6 +98,9 @@ def train(
     from polyfuse.training.progress_log import CompactProgressBar, EpochLog
 
     start = time.perf_counter()
+    main = is_main_process()
+    if not main:
+        log = _silent  # one report per run, from rank 0
     # Every check `polyfuse validate` runs, before any work: a bad option value is a field error here,
     # not a traceback from a constructor after the data is featurised.
     problems = check_config(config)
@@ -77,7 +113,11 @@ def train(
     if resume and resume_from is None:
         log(f"no checkpoint at {last}: starting from scratch")
 
-    prepared = prepare_data(config.data, show_progress=show_progress)
+    # Inputs read by pretrained encoders get those encoders' own preprocessing (image processor, feature
+    # extractor, tokenizer), decided before any row is featurised.
+    prepared = prepare_data(
+        config.data, show_progress=show_progress, pretrained=lambda inputs: pretrained_inputs(config, inputs)
+    )
     if prepared.dropped_rows:
         log(f"dropped {len(prepared.dropped_rows)} invalid row(s) (--drop-invalid)")
     # Dropped rows can empty a split that had rows when the config was checked.
@@ -90,8 +130,9 @@ def train(
         # Continue with the preprocessing the run started with, exactly.
         saved = torch.load(resume_from, map_location="cpu", weights_only=True)["polyfuse"]
         preprocessor = Preprocessor.from_json(saved["preprocessing"], cache=preprocessor.cache)
-    atomic_write_text(run_dir / "config.yaml", config.to_yaml())
-    atomic_write_text(run_dir / "preprocessing.json", preprocessor.to_json())
+    if main:
+        atomic_write_text(run_dir / "config.yaml", config.to_yaml())
+        atomic_write_text(run_dir / "preprocessing.json", preprocessor.to_json())
 
     training = config.training
     train_table, val_table = prepared.split("train"), prepared.split("val")
@@ -117,12 +158,24 @@ def train(
             log(f"frozen encoders run once per distinct row (outputs cached): {', '.join(cached)}")
     for name in model.objectives:
         model.objective(name).fit_data(train_table, preprocessor)
+    trainable, total = count_parameters(model, trainable_only=True), count_parameters(model)
+    log(f"trainable parameters: {trainable:,} of {total:,} ({100 * trainable / max(total, 1):.2f} %)")
+    if training.unfreeze_after_epochs is not None and not (
+        isinstance(training.devices, int) and training.devices * training.num_nodes == 1
+    ):
+        raise DataError(
+            "training.unfreeze_after_epochs changes which parameters train mid-run, which DDP / FSDP cannot "
+            "follow; unset it or train on one device"
+        )
     steps_per_epoch = math.ceil(len(train_loader) / training.accumulate_grad_batches)
     module = PolyfuseModule(
         model,
         training,
         total_steps=steps_per_epoch * training.epochs,
         extra_state={"config": config.to_yaml(), "preprocessing": preprocessor.to_json()},
+        encoder_learning_rates={
+            n: e.learning_rate for n, e in config.encoders.items() if e.learning_rate is not None
+        },
     )
     monitor = training.monitor if val_loader is not None else "train_loss_epoch"
     mode = "max" if "accuracy" in monitor or "f1" in monitor else "min"
@@ -163,6 +216,7 @@ def train(
         accelerator=training.accelerator,
         devices=training.devices,
         num_nodes=training.num_nodes,
+        strategy=make_strategy(training),
         precision=training.precision,
         gradient_clip_val=training.gradient_clip,
         accumulate_grad_batches=training.accumulate_grad_batches,
@@ -177,7 +231,15 @@ def train(
         log_every_n_steps=training.log_every_n_steps,
         default_root_dir=run_dir,
     )
+    fit_start = time.perf_counter()
     trainer.fit(module, train_loader, val_loader, ckpt_path=str(resume_from) if resume_from else None)
+    fit_seconds = time.perf_counter() - fit_start
+    if not trainer.is_global_zero:
+        # Every rank has the same weights; rank 0 alone evaluates and writes the model directory.
+        params = count_parameters(module.model)
+        return TrainResult(
+            run_dir / "model", {}, int(trainer.current_epoch), time.perf_counter() - start, params, False
+        )
 
     best = run_dir / CHECKPOINTS / "best.ckpt"
     if best.exists():
@@ -187,6 +249,9 @@ def train(
     metrics["training"] = {
         "epochs": int(trainer.current_epoch),
         "seconds": round(time.perf_counter() - start, 1),
+        "fit_seconds": round(fit_seconds, 2),  # the Lightning loop alone: training + validation epochs
+        "processes": int(trainer.world_size),
+        "train_rows": len(train_table),
         "parameters": count_parameters(model),
         "trainable_parameters": count_parameters(model, trainable_only=True),
     }
@@ -195,6 +260,10 @@ def train(
     return TrainResult(
         model_dir, metrics, int(trainer.current_epoch), time.perf_counter() - start, count_parameters(model)
     )
+
+
+def _silent(*args: Any, **kwargs: Any) -> None:
+    return None
 
 
 def evaluate_splits(

@@ -179,8 +179,9 @@ _SIGNATURES: tuple[tuple[int, bytes, str], ...] = (
 )
 
 
-def decode_image(source: MediaSource, cfg: ImageConfig) -> npt.NDArray[np.uint8]:
-    """Decode an encoded image to uint8 pixels (H, W, C) at `cfg.size` in `cfg.mode`.
+def decode_image(source: MediaSource, cfg: ImageConfig, *, resize: bool = True) -> npt.NDArray[np.uint8]:
+    """Decode an encoded image to uint8 pixels (H, W, C) at `cfg.size` in `cfg.mode` (at its own size with
+    resize=False: a pretrained encoder's image processor resizes and crops it its own way).
 
     Only the first frame of animated or multi-page files is used; EXIF orientation is applied; alpha is
     composited on white. Raises MediaError for anything that cannot be used.
@@ -197,7 +198,8 @@ def decode_image(source: MediaSource, cfg: ImageConfig) -> npt.NDArray[np.uint8]
                 opened.load()  # decodes frame 0 only; a truncated file fails here, not later
                 image = ImageOps.exif_transpose(opened)  # a new image, upright (orientation 6/8 swap W/H)
                 image = _to_mode(image, cfg.mode)
-                image = _resize(image, cfg)
+                if resize:
+                    image = _resize(image, cfg)
                 pixels = np.array(image, dtype=np.uint8)  # (H, W) for L, (H, W, 3) for RGB; a writable copy
             except MediaError:
                 raise

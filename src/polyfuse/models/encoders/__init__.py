@@ -22,6 +22,7 @@ from polyfuse.models.encoders.hf import (
     HFTextEncoder,
     PretrainedBackbone,
     minilm,
+    pretrained_input,
 )
 from polyfuse.models.encoders.image_cnn import ImageCNN
 from polyfuse.models.encoders.tabular import CategoryEmbedding, NumericMLP
@@ -85,4 +86,5 @@ __all__ = [
     "TextTransformer",
     "create_encoder",
     "list_encoders",
+    "pretrained_input",
 ]

