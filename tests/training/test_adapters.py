@@ -120,14 +120,18 @@ def test_gradient_checkpointing_gives_the_same_outputs_and_gradients(backbones: 
         torch.manual_seed(0)
         encoder = create_encoder(
             "text.hf", name_or_path=str(backbones["bert"]), gradient_checkpointing=checkpointing
-        ).eval()  # no dropout: the two runs must match exactly
+        )
+        encoder.train()  # HF checkpoints only in training mode; no dropout, so the two runs must match
+        for module in encoder.modules():
+            if isinstance(module, torch.nn.Dropout):
+                module.p = 0.0
+        assert encoder.model.is_gradient_checkpointing == checkpointing
         out = encoder(batch).pooled
         out.square().sum().backward()
         grad = next(
             p.grad for n, p in encoder.named_parameters() if "layer.0.attention.self.query.weight" in n
         )
         results.append((out.detach(), grad))
-    assert results[1][0].shape == results[0][0].shape
     torch.testing.assert_close(results[1][0], results[0][0])
     torch.testing.assert_close(results[1][1], results[0][1])
 
@@ -271,6 +275,10 @@ def test_lora_on_packaged_minilm_predicts_after_loading_as_in_training(
     )
     assert result.exit_code == 0, result.output
     evaluated = json.loads(out.read_text())["label"]
-    for name in ("accuracy", "loss"):
-        if name in metrics["test"]["label"]:
-            assert evaluated[name] == pytest.approx(metrics["test"]["label"][name], abs=1e-6)
+    in_training = metrics["test"]["label"]
+    shared = [
+        k for k, v in in_training.items() if isinstance(v, float) and isinstance(evaluated.get(k), float)
+    ]
+    assert "accuracy" in shared
+    for name in shared:
+        assert evaluated[name] == pytest.approx(in_training[name], abs=1e-6), name

@@ -168,7 +168,8 @@ class BottleneckAdapter(nn.Module):
         nn.init.zeros_(self.up.bias)
 
     def adapt(self, x: Tensor) -> Tensor:
-        return x + self.up(nn.functional.gelu(self.down(self.norm(x))))
+        adapted: Tensor = x + self.up(nn.functional.gelu(self.down(self.norm(x))))
+        return adapted
 
     def forward(self, output: EncoderOutput) -> EncoderOutput:
         return EncoderOutput(

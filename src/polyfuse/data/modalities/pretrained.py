@@ -58,16 +58,17 @@ def load_processor(source: str, family: Family) -> Any:
 
     if family == "text":
         return load_tokenizer(source)
-    from transformers import AutoFeatureExtractor, AutoImageProcessor
-    from transformers.utils import logging
+    import transformers
+    from transformers.utils import logging as transformers_logging
+
+    logging: Any = transformers_logging  # untyped functions
+    auto: Any = transformers.AutoImageProcessor if family == "image" else transformers.AutoFeatureExtractor
 
     what = "image processor" if family == "image" else "feature extractor"
     verbosity = logging.get_verbosity()
     logging.set_verbosity_error()  # "requires torchvision, falling back to the PIL processor": expected here
     try:
-        if family == "image":
-            return AutoImageProcessor.from_pretrained(source, local_files_only=_local_only(source))
-        return AutoFeatureExtractor.from_pretrained(source, local_files_only=_local_only(source))
+        return auto.from_pretrained(source, local_files_only=_local_only(source))
     except (OSError, ValueError) as e:
         raise MediaError(
             f"cannot load the {what} of pretrained encoder '{source}': {e}",
