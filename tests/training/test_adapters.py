@@ -155,6 +155,7 @@ def text_table(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
 
 def train_cli(table: Path, folder: Path, encoder: EncoderConfig, small_config: Any, **training: Any) -> Path:
+    folder.mkdir(parents=True, exist_ok=True)
     config = small_config(table, folder / "config.yaml", epochs=1)
     config = config.model_copy(
         update={
