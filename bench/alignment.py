@@ -80,6 +80,13 @@ def init_and_train(
     return run, json.loads((run / "metrics.json").read_text())["test"], seconds
 
 
+def av_digits(work: Path, data: Path) -> Path:
+    """The AV-Digits table in work/av, built once: later stages (and re-runs) reuse it, and it is where the
+    labels stage writes its 5 % tables (their media paths are relative to it)."""
+    table = work / "av" / "av_digits.csv"
+    return table if table.is_file() else build_av_digits(work / "av", data)
+
+
 def retrieval(metrics: dict[str, Any]) -> dict[str, Any]:
     keys = ("recall@1", "recall@5", "recall@10", "median_rank", "mAP")
     return {
@@ -89,13 +96,13 @@ def retrieval(metrics: dict[str, Any]) -> dict[str, Any]:
 
 
 def stage_clean(data: Path, work: Path) -> dict[str, Any]:
-    table = build_av_digits(work / "av", data)
+    table = av_digits(work, data)
     _, test, seconds = init_and_train(table, work, "contrastive", ["--objective", "contrastive"])
     return {"contrastive": {**retrieval(test), "whole_train_seconds": round(seconds, 1)}}
 
 
 def stage_matching(data: Path, work: Path) -> dict[str, Any]:
-    table = build_av_digits(work / "av", data)
+    table = av_digits(work, data)
     _, test, seconds = init_and_train(
         table, work, "contrastive-matching", ["--objective", "contrastive", "--objective", "matching"]
     )
@@ -158,7 +165,7 @@ def stage_zeroshot(data: Path, work: Path) -> dict[str, Any]:
 
 
 def stage_labels(data: Path, work: Path, seeds: list[int], share: float, epochs: int) -> dict[str, Any]:
-    table = build_av_digits(work / "av", data)
+    table = av_digits(work, data)
 
     def unlabeled(raw: dict[str, Any]) -> None:
         raw["data"]["targets"] = {}
