@@ -537,9 +537,14 @@ def serve_command(
     timeout: Annotated[float, typer.Option(help="seconds before a request gets 504")] = 30.0,
     max_body_mb: Annotated[float, typer.Option(help="request body limit, MB")] = 20.0,
     max_rows: Annotated[int, typer.Option(help="rows per request")] = 256,
+    index: Annotated[
+        Path | None,
+        typer.Option(help="an index built with this model (polyfuse index build): POST /v1/search"),
+    ] = None,
 ) -> None:
-    """Serve MODEL_DIR over HTTP: POST /v1/predict, GET /v1/model, /healthz, /readyz, /metrics, and a
-    playground page at /. Needs the serve extra: pip install 'polyfuse[serve]'."""
+    """Serve MODEL_DIR over HTTP: POST /v1/predict (supervised), /v1/embed (contrastive), /v1/consistency
+    (matching), /v1/search (with --index), GET /v1/model, /healthz, /readyz, /metrics, and a playground
+    page at /. Needs the serve extra: pip install 'polyfuse[serve]'."""
     try:
         from polyfuse.serve import serve
         from polyfuse.serve.auth import load_key_hashes
@@ -555,6 +560,7 @@ def serve_command(
         workers=workers,
         api_key_hashes=load_key_hashes(api_keys),
         insecure_no_auth=insecure_no_auth,
+        index_dir=index,
         limits=Limits(max_body_bytes=int(max_body_mb * 1_000_000), max_rows=max_rows),
         batching=Batching(
             enabled=batching,

@@ -161,16 +161,11 @@ class Predictor:
         if modality is not None:
             return self.embed_inputs(rows, [modality], base_dir)[modality]
         aligned = self._aligned()
-        if self.model.fusion is not None:
-            fused = self._collect(
-                rows, base_dir, lambda o, _: {"vectors": torch.nn.functional.normalize(o.fused, dim=-1)}
-            )
-            return fused["vectors"].numpy()
-        assert aligned is not None
-        mean = self._collect(
-            rows, base_dir, lambda o, _: {"vectors": _mean_present(aligned.embed(o), o.present)}
-        )
-        return mean["vectors"].numpy()
+        if self.model.fusion is None and aligned is None:
+            self._require("embed")
+        model = self.model
+        found = self._collect(rows, base_dir, lambda o, _: {"vectors": row_embedding(model, aligned, o)})
+        return found["vectors"].numpy()
 
     def embed_inputs(
         self, rows: Rows | Table, inputs: Sequence[str], base_dir: Path | None = None
@@ -272,6 +267,14 @@ class Predictor:
 
 def _pooled(output: ModelOutput) -> dict[str, torch.Tensor]:
     return {n: torch.nn.functional.normalize(f.pooled, dim=-1) for n, f in output.features.items()}
+
+
+def row_embedding(model: Any, aligned: Any, output: ModelOutput) -> torch.Tensor:
+    """(B, E) each row's vector, as `Predictor.embed(rows)` returns it: the L2-normalised fused vector,
+    or (a model without a fusion) the normalised mean of the row's shared-space vectors."""
+    if model.fusion is not None:
+        return torch.nn.functional.normalize(output.fused, dim=-1)
+    return _mean_present(aligned.embed(output), output.present)
 
 
 def _mean_present(vectors: dict[str, torch.Tensor], present: dict[str, torch.Tensor]) -> torch.Tensor:
