@@ -42,6 +42,10 @@ def test_temperature_scaling_recovers_the_temperature_labels_were_drawn_at() -> 
     logits = torch.randn(20000, 5, generator=generator) * 3
     labels = torch.multinomial(torch.softmax(logits / 2.0, -1), 1, generator=generator).squeeze(1)
     assert fit_temperature(logits, labels) == pytest.approx(2.0, rel=0.05)
+    # Evaluation hands over logits and labels made under inference mode; the fit must accept them.
+    with torch.inference_mode():
+        frozen_logits, frozen_labels = logits.clone(), labels.clone()
+    assert fit_temperature(frozen_logits, frozen_labels) == pytest.approx(2.0, rel=0.05)
 
 
 def test_per_class_metrics_match_scikit_learn() -> None:

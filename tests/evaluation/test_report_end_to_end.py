@@ -43,7 +43,7 @@ def test_calibrate_saves_a_temperature_that_predict_uses(planted: tuple[Path, Pa
     predictor = polyfuse.load(model)
     after = predictor.predict_proba(rows, base_dir=table.parent).to_numpy()
     # softmax(z / T) from softmax(z): log-probabilities scale by 1/T up to a per-row constant.
-    expected = torch.softmax(torch.log(torch.from_numpy(before)) / temperature, -1).numpy()
+    expected = torch.softmax(torch.log(torch.tensor(before)) / temperature, -1).numpy()
     np.testing.assert_allclose(after, expected, atol=1e-4)
     assert (after.argmax(1) == before.argmax(1)).all()
     # The fitting split's NLL does not get worse (the temperature minimises it).

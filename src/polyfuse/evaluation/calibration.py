@@ -63,7 +63,10 @@ def fit_temperature(logits: Tensor, targets: Tensor) -> float:
     """The T > 0 minimising the negative log-likelihood of softmax(logits / T) (L-BFGS on log T)."""
     if len(targets) == 0:
         raise ValueError("temperature scaling needs validation rows")
-    logits = logits.detach().double()
+    # The logits and labels come from evaluation under torch.inference_mode(); autograd may not save such
+    # tensors for backward, so work on ordinary copies.
+    logits = logits.detach().double().clone()
+    targets = targets.clone()
     log_t = torch.zeros((), dtype=torch.float64, requires_grad=True)
     optimiser = torch.optim.LBFGS([log_t], lr=0.1, max_iter=200, line_search_fn="strong_wolfe")
 
