@@ -430,6 +430,103 @@ def predict_command(
     console.print(f"wrote {len(frame)} predictions to {output}")
 
 
+@app.command("calibrate")
+def calibrate_command(
+    model_dir: Annotated[Path, typer.Argument(metavar="MODEL_DIR", help="model directory (RUN_DIR/model)")],
+    table: Annotated[Path, typer.Argument(metavar="TABLE", help="the table the model was trained on")],
+    split: Annotated[str, typer.Option(help="split to fit the temperature on")] = "val",
+    bins: Annotated[int, typer.Option(min=2, help="confidence bins of the expected calibration error")] = 15,
+    encoding: EncodingOption = None,
+) -> None:
+    """Fit temperature scaling on the validation split and save it with the model (calibration.json).
+
+    From then on predict, predict_proba and serve divide the logits by the fitted temperature (the
+    predicted classes never change). Prints ECE and NLL before and after, on the fitting split and on the
+    test split."""
+    from polyfuse.evaluation.calibration import calibrate_model
+
+    saved = calibrate_model(
+        model_dir, table, fit_split=split, bins=bins, encoding=encoding, show_progress=sys.stderr.isatty()
+    )
+    for target, found in saved["targets"].items():
+        console.print(f"{target}: temperature {found['temperature']:.4f}")
+        for name, values in found.items():
+            if isinstance(values, dict):
+                console.print(
+                    f"  {name} ({values['rows']} rows): ECE ({bins} bins) {values['ece_before']:.4f} → "
+                    f"{values['ece_after']:.4f}, NLL {values['nll_before']:.4f} → {values['nll_after']:.4f}"
+                )
+    console.print(f"wrote {model_dir / 'calibration.json'}")
+
+
+@app.command("cv")
+def cv_command(
+    config_path: Annotated[
+        Path, typer.Argument(metavar="CONFIG", help="config YAML (polyfuse init writes one)")
+    ],
+    folds: Annotated[int, typer.Option(min=2, help="number of folds")] = 5,
+    output: Annotated[
+        Path, typer.Option("--output", "-o", metavar="CV_DIR", help="folder for the folds' runs and cv.json")
+    ] = Path("cv"),
+    group_by: Annotated[
+        str | None, typer.Option(help="column whose groups stay in one fold (e.g. speaker)")
+    ] = None,
+    seed: Annotated[
+        int | None, typer.Option(help="seed of the fold assignment (default training.seed)")
+    ] = None,
+    quiet: Annotated[bool, typer.Option("--quiet", "-q", help="print only errors and the results")] = False,
+) -> None:
+    """Cross-validate CONFIG: one model per fold (stratified by the first target, or grouped), each
+    metric's mean ± std and per-fold values in CV_DIR/cv.json. Rerun the same command to resume: finished
+    folds are skipped and an interrupted one continues from its last checkpoint."""
+    from polyfuse.config import read_config
+    from polyfuse.evaluation.cv import cross_validate
+
+    config, problems = read_config(config_path)
+    if problems or config is None:
+        raise DataError(problems)
+    log = (lambda *args, **kwargs: None) if quiet else _plain_print
+    summary = cross_validate(
+        config,
+        output,
+        folds,
+        group_by=group_by,
+        seed=seed,
+        show_progress=sys.stdout.isatty() and not quiet,
+        log=log,
+    )
+    for section, metrics in summary["metrics"].items():
+        shown = ", ".join(f"{m} {v['mean']:.4f} ± {v['std']:.4f}" for m, v in metrics.items())
+        console.print(f"{section} ({folds} folds): {shown}")
+    console.print(f"wrote {output / 'cv.json'}")
+
+
+@app.command("report")
+def report_command(
+    model_dir: Annotated[Path, typer.Argument(metavar="MODEL_DIR", help="model directory (RUN_DIR/model)")],
+    table: Annotated[Path, typer.Argument(metavar="TABLE", help="table with the target columns")],
+    split: Annotated[str | None, typer.Option(help="the split to report on (as for evaluate)")] = "test",
+    output: Annotated[Path, typer.Option("--output", "-o", help="the HTML file")] = Path("report.html"),
+    robustness: Annotated[bool, typer.Option(help="compute robustness curves (the slowest part)")] = True,
+    encoding: EncodingOption = None,
+) -> None:
+    """One self-contained HTML report (and report.json beside it): learning curves, per-class metrics,
+    confusion matrix, modality contributions, robustness curves, calibration, the most confidently wrong
+    rows with their media, the resolved config and a data summary."""
+    from polyfuse.evaluation.report import write_report
+
+    json_path = write_report(
+        model_dir,
+        table,
+        output,
+        split=split,
+        robustness=robustness,
+        encoding=encoding,
+        show_progress=sys.stderr.isatty(),
+    )
+    console.print(f"wrote {output} and {json_path}")
+
+
 @index_app.command("build")
 def index_build_command(
     model_dir: Annotated[Path, typer.Argument(help="model directory of a contrastive model")],
