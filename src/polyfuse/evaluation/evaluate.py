@@ -50,3 +50,22 @@ def score_objectives(model: MultimodalModel, batches: Iterable[Batch]) -> dict[s
         own = {k[len(prefix) :]: v for k, v in rows.items() if k.startswith(prefix)}
         results.update(model.objective(name).score(own))
     return results
+
+
+def calibrate_objectives(model: MultimodalModel, batches: Iterable[Batch]) -> list[str]:
+    """Give every objective that has a `calibrate(rows)` hook its `eval_rows` on `batches` (the
+    validation split): e.g. an anomaly threshold at a chosen false-alarm rate. Returns their names."""
+    names = [n for n in model.objectives if callable(getattr(model.objective(n), "calibrate", None))]
+    if not names:
+        return []
+
+    def eval_rows(output: ModelOutput, batch: Batch) -> dict[str, Tensor]:
+        return {f"{n}:{k}": v for n in names for k, v in model.objective(n).eval_rows(output, batch).items()}
+
+    rows = collect(model, batches, eval_rows)
+    for name in names:
+        prefix = f"{name}:"
+        model.objective(name).calibrate(
+            {k[len(prefix) :]: v for k, v in rows.items() if k.startswith(prefix)}
+        )
+    return names
