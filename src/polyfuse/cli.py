@@ -236,7 +236,13 @@ def init_command(
         "config.yaml"
     ),
     column: ColumnOption = None,
-    fusion: Annotated[str, typer.Option(help=f"fusion: {FUSION_NAMES}")] = "gated",
+    fusion: Annotated[
+        str | None,
+        typer.Option(
+            help=f"fusion: {FUSION_NAMES}; default: chosen from a quick probe of each input alone (gated "
+            "for redundant inputs, film for complementary ones; the config's first lines say why)"
+        ),
+    ] = None,
     preset: Annotated[str | None, typer.Option(help="preprocessing preset, e.g. av-digits")] = None,
     force: Annotated[bool, typer.Option(help="overwrite an existing config file")] = False,
     encoding: EncodingOption = None,
@@ -249,6 +255,7 @@ def init_command(
 
     if output.exists() and not force:
         raise DataError(f"{output} exists; pass --force to overwrite it")
+    notes: list[str] = []
     config = init_config(
         table,
         target or [],
@@ -258,11 +265,15 @@ def init_command(
         preset=preset,
         objectives=objective,
         encoding=encoding,
+        notes=notes,
     )
     problems = check_config(config)
     if problems:
         raise DataError(problems)
-    atomic_write_text(output, relative_to_config(config, output).to_yaml())
+    header = "".join(f"# polyfuse init chose {note}\n" for note in notes)
+    atomic_write_text(output, header + relative_to_config(config, output).to_yaml())
+    for note in notes:
+        console.print(f"chose {note}")
     inputs = ", ".join(f"{n} ({e.name})" for n, e in config.encoders.items())
     objectives = ", ".join(o.name for o in config.objectives)
     console.print(

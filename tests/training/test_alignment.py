@@ -66,6 +66,7 @@ def test_alignment_model_trains_and_serves_every_capability(
 
     monkeypatch.chdir(aligned_run.parent)
     predictor = polyfuse.load(Path("run/model"))  # a relative path
+    assert predictor.model.fusion is None  # matching's default pairwise head reads no fused vector
     frame = read_table(synthetic_table).frame
     complete = frame[frame["image"].notna() & frame["audio"].notna() & frame["text"].notna()]
     rows = complete.head(6).to_dict("records")
@@ -84,7 +85,7 @@ def test_alignment_model_trains_and_serves_every_capability(
         rows, ["alpha", "beta"], modality="image", text_input="text", base_dir=base
     )
     assert list(zero_shot.columns) == ["label", "proba_alpha", "proba_beta"]
-    np.testing.assert_allclose(zero_shot[["proba_alpha", "proba_beta"]].sum(1), 1.0, rtol=1e-5)
+    np.testing.assert_allclose(zero_shot[["proba_alpha", "proba_beta"]].sum(axis=1), 1.0, rtol=1e-5)
     prompts = predictor.embed([{"text": t.format("alpha")} for t in ("{}", "a {}")], modality="text")
     assert not np.isnan(prompts).any()
     with pytest.raises(ValueError, match="modality"):

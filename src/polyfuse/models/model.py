@@ -245,6 +245,11 @@ def build_model(config: RunConfig, preprocessor: Preprocessor) -> MultimodalMode
         preprocessor=preprocessor,
     )
     objectives = {o.name: create_objective(o.name, context, **o.options) for o in config.objectives}
+    if not any(getattr(o, "needs_fusion", True) for o in objectives.values()):
+        # an objective class that may read the fused vector was configured not to (matching's pairwise
+        # head): drop the fusion rather than carry untrained weights. It was still built above, so
+        # the random draws, and with them every other module's initial weights, do not depend on this.
+        fusion = None
     weights = {o.name: o.weight for o in config.objectives}
     return MultimodalModel(encoders, fusion, objectives, weights)  # type: ignore[arg-type]
 

@@ -1,7 +1,12 @@
 """Matching (semantic consistency): do a row's inputs belong together?
 
-A binary head over the fused vector is trained on the true rows (label 1) and on negatives made inside the
-batch by swapping one input for another row's (label 0). Half of the negatives (`hard_negatives`) are hard:
+A binary head is trained on the true rows (label 1) and on negatives made inside the batch by swapping one
+input for another row's (label 0). The default head (`head: pairwise`) judges each pair of inputs from
+their own projections z_a, z_b through [z_a, z_b, z_a * z_b, |z_a - z_b|] (the matching features of
+InferSent, Conneau et al. 2017): agreement is a product of the two sides, which a sum cannot express —
+a head over a gated fusion (a convex combination of the inputs) reached only 0.69 ROC-AUC on AV-Digits.
+A row's logit is the soft minimum over its pairs (every pair must agree). `head: fused` reads the fused
+vector instead (worth it with a fusion that mixes the inputs, e.g. cross-attention). Half of the negatives (`hard_negatives`) are hard:
 the swapped-in value is the one most similar to the row's own (cosine of the encoders' pooled features,
 detached), so the head must look closely rather than spot an obvious mismatch; the rest are drawn at random.
 With `label_column`, a row is never "mismatched" with a row of the same label (a spoken "seven" with
@@ -14,7 +19,8 @@ negative never loses the input that made it wrong.
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING, Any, ClassVar
+from itertools import combinations
+from typing import TYPE_CHECKING, Any, ClassVar, Literal
 
 import torch
 import torch.nn.functional as F
@@ -23,6 +29,7 @@ from torchmetrics.functional.classification import binary_auroc
 
 from polyfuse.models.outputs import EncoderOutput
 from polyfuse.objectives.base import ObjectiveContext, label_target, select_inputs
+from polyfuse.objectives.contrastive import Projection
 
 if TYPE_CHECKING:
     from polyfuse.data.batch import Batch
@@ -39,10 +46,12 @@ class MatchingObjective(nn.Module):
     hidden_dim:      width of the head's hidden layer
     hard_negatives:  share of negatives that are mined (most similar non-partner), the rest are random
     label_column:    a classification target: same-label rows are never used as each other's negatives
+    head:            "pairwise" (each pair of inputs from their own projections) or "fused" (the fused
+                     vector)
     """
 
     name: ClassVar[str] = "matching"
-    needs_fusion: ClassVar[bool] = True
+    needs_fusion: ClassVar[bool] = True  # the class may; an instance with head="pairwise" does not
     capabilities: ClassVar[tuple[str, ...]] = ("consistency",)
 
     def __init__(
@@ -53,6 +62,7 @@ class MatchingObjective(nn.Module):
         hidden_dim: int = 256,
         hard_negatives: float = 0.5,
         label_column: str | None = None,
+        head: Literal["pairwise", "fused"] = "pairwise",
     ) -> None:
         super().__init__()
         self.inputs = select_inputs("matching", context, inputs, minimum=2)
@@ -62,28 +72,72 @@ class MatchingObjective(nn.Module):
             raise ValueError(f"matching: hard_negatives must be in [0, 1], got {hard_negatives}")
         self.hard_negatives = hard_negatives
         self.label_column = label_target("matching", context, label_column)
-        self.head = nn.Sequential(
-            nn.Linear(context.fused_dim, hidden_dim), nn.GELU(), nn.Linear(hidden_dim, 1)
+        if head not in ("pairwise", "fused"):
+            raise ValueError(f"matching: head must be 'pairwise' or 'fused', got {head!r}")
+        self.needs_fusion = head == "fused"  # type: ignore[misc]
+        width = 4 * hidden_dim if head == "pairwise" else context.fused_dim
+        self.head = nn.Sequential(nn.Linear(width, hidden_dim), nn.GELU(), nn.Linear(hidden_dim, 1))
+        self.projections = nn.ModuleDict(
+            {
+                str(i): Projection(context.input_dims[name], hidden_dim, "mlp")
+                for i, name in enumerate(self.inputs)
+            }
+            if head == "pairwise"
+            else {}
         )
 
-    def _logit(
-        self, output: ModelOutput, features: dict[str, EncoderOutput], present: dict[str, Tensor]
-    ) -> Tensor:
-        fused = output.fuse(features, present, modality_dropout=False)  # (B, D)
-        logit: Tensor = self.head(fused).squeeze(-1)  # (B,)
-        return logit
+    def _logits(self, output: ModelOutput, swaps: list[tuple[str, Tensor]]) -> list[Tensor]:
+        """(B,) logits that each row's inputs belong together: the true rows first, then the rows with
+        input `name` taken from row `partner` (B,) long, for each (name, partner) in `swaps`."""
+        if not self.needs_fusion:
+            # project once; a swap only re-indexes the projections (batch statistics stay the true rows')
+            projected = {
+                name: self.projections[str(i)](output.features[name].pooled, output.present[name])  # (B, H)
+                for i, name in enumerate(self.inputs)
+            }
+            logits = [self._pairwise_logit(projected, output.present)]
+            for name, partner in swaps:
+                present = {**output.present, name: output.present[name][partner]}
+                logits.append(self._pairwise_logit({**projected, name: projected[name][partner]}, present))
+            return logits
+        logits = [self.head(output.fuse(output.features, output.present, modality_dropout=False)).squeeze(-1)]
+        for name, partner in swaps:
+            f = output.features[name]
+            features = {
+                **output.features,
+                name: EncoderOutput(f.tokens[partner], f.token_mask[partner], f.pooled[partner]),
+            }
+            present = {**output.present, name: output.present[name][partner]}
+            fused = output.fuse(features, present, modality_dropout=False)  # (B, D)
+            logits.append(self.head(fused).squeeze(-1))
+        return logits
+
+    def _pairwise_logit(self, projected: dict[str, Tensor], present: dict[str, Tensor]) -> Tensor:
+        """Soft minimum over the row's present pairs of the pair logits; 0 where no pair is present."""
+        logits, masks = [], []
+        for a, b in combinations(self.inputs, 2):
+            za, zb = projected[a], projected[b]  # (B, H) each
+            logits.append(self.head(torch.cat([za, zb, za * zb, (za - zb).abs()], dim=-1)).squeeze(-1))
+            masks.append(present[a] & present[b])
+        pair_logits, pair_present = torch.stack(logits, 1), torch.stack(masks, 1)  # (B, P)
+        negated = (-pair_logits).masked_fill(~pair_present, float("-inf"))
+        # rows without a pair: finite filler, so that no NaN flows back through logsumexp's gradient
+        negated = negated.masked_fill(~pair_present.any(1, keepdim=True), 0.0)
+        soft_min = -torch.logsumexp(negated, dim=1)  # (B,)
+        return torch.where(pair_present.any(1), soft_min, torch.zeros_like(soft_min))
 
     def _eligible(self, present: dict[str, Tensor]) -> Tensor:
         """(B,) bool: rows holding at least two of the judged inputs (agreement needs two)."""
         return torch.stack([present[n] for n in self.inputs], dim=1).sum(1) >= 2
 
-    def _negatives(
+    def _swaps(
         self, output: ModelOutput, batch: Batch, generator: torch.Generator | None, hard_share: float
-    ) -> list[tuple[Tensor, Tensor]]:
-        """For each judged input s: (logits (B,), valid (B,)) of the rows with s swapped for a partner's."""
+    ) -> tuple[list[tuple[str, Tensor]], list[Tensor]]:
+        """For each judged input s: (s, partner (B,)) to swap it for another row's, and valid (B,) (False
+        where no row can serve as a partner)."""
         labels = batch.targets[self.label_column] if self.label_column else None
         eligible = self._eligible(output.present)
-        negatives = []
+        swaps, valids = [], []
         for name in self.inputs:
             partner, valid = choose_partners(
                 output.features[name].pooled.detach(),
@@ -93,17 +147,14 @@ class MatchingObjective(nn.Module):
                 hard_share,
                 generator,
             )
-            swapped = dict(output.features)
-            f = output.features[name]
-            swapped[name] = EncoderOutput(f.tokens[partner], f.token_mask[partner], f.pooled[partner])
-            present = dict(output.present)
-            present[name] = output.present[name][partner]
-            negatives.append((self._logit(output, swapped, present), valid))
-        return negatives
+            swaps.append((name, partner))
+            valids.append(valid)
+        return swaps, valids
 
     def losses(self, output: ModelOutput, batch: Batch) -> dict[str, Tensor]:
         eligible = self._eligible(output.present)
-        positive = self._logit(output, output.features, output.present)
+        swaps, valids = self._swaps(output, batch, None, self.hard_negatives)
+        positive, *negatives = self._logits(output, swaps)
         positive_loss = _masked_mean(
             F.binary_cross_entropy_with_logits(positive, torch.ones_like(positive), reduction="none"),
             eligible,
@@ -112,7 +163,7 @@ class MatchingObjective(nn.Module):
             _masked_mean(
                 F.binary_cross_entropy_with_logits(logit, torch.zeros_like(logit), reduction="none"), valid
             )
-            for logit, valid in self._negatives(output, batch, None, self.hard_negatives)
+            for logit, valid in zip(negatives, valids, strict=True)
         ]
         negative_loss = torch.stack(negative_losses).mean()
         return {"loss": 0.5 * (positive_loss + negative_loss)}
@@ -126,19 +177,20 @@ class MatchingObjective(nn.Module):
 
     def infer(self, output: ModelOutput) -> dict[str, Tensor]:
         """consistency (B,): the probability that the row's inputs belong together; NaN with < 2 inputs."""
-        score = torch.sigmoid(self._logit(output, output.features, output.present))
+        score = torch.sigmoid(self._logits(output, [])[0])
         return {"consistency": torch.where(self._eligible(output.present), score, float("nan"))}
 
     def eval_rows(self, output: ModelOutput, batch: Batch) -> dict[str, Tensor]:
         """Scores of the true rows and of the same rows with one input swapped for a random other row's
         (of another label when label_column is set), from a fixed generator."""
         generator = torch.Generator(device=output.present[self.inputs[0]].device).manual_seed(EVAL_SEED)
-        positive = self.infer(output)["consistency"]
-        negatives = self._negatives(output, batch, generator, hard_share=0.0)
+        swaps, valids = self._swaps(output, batch, generator, hard_share=0.0)
+        positive_logit, *negatives = self._logits(output, swaps)
+        positive = torch.where(self._eligible(output.present), torch.sigmoid(positive_logit), float("nan"))
         # one negative per row, cycling over the swapped input so every input gets its turn
-        which = torch.arange(len(positive), device=positive.device) % len(negatives)
-        logits = torch.stack([n[0] for n in negatives], dim=1).gather(1, which[:, None]).squeeze(1)
-        valid = torch.stack([n[1] for n in negatives], dim=1).gather(1, which[:, None]).squeeze(1)
+        which = torch.arange(len(positive), device=positive.device)[:, None] % len(negatives)  # (B, 1)
+        logits = torch.stack(negatives, dim=1).gather(1, which).squeeze(1)
+        valid = torch.stack(valids, dim=1).gather(1, which).squeeze(1)
         negative = torch.where(valid, torch.sigmoid(logits), float("nan"))
         return {"positive_score": positive, "negative_score": negative}
 

@@ -106,6 +106,8 @@ def train(
     val_loader = make_loader(val_table, preprocessor, train=False, **loader_args) if len(val_table) else None  # type: ignore[arg-type]
 
     model = build_model(config, preprocessor)
+    if model.fusion is None:
+        log(f"fusion {config.fusion.name} not built: none of the objectives reads a fused vector")
     if training.init_from is not None and resume_from is None:
         copied = init_from(model, training.init_from)
         log(f"initialised from {training.init_from}: {', '.join(copied)}")
