@@ -104,10 +104,16 @@ def png_bytes(image: Image.Image) -> bytes:
     return buffer.getvalue()
 
 
+def _write_bytes(path: Path, data: bytes) -> None:
+    from polyfuse.atomic import atomic_write
+
+    atomic_write(path, lambda f: f.write(data))
+
+
 def write_generated(path: Path, values: list[Any], modality: Modality, sample_rate: int) -> list[Path]:
     """Write generated values: images as one PNG/JPEG (a grid when several); audio as one WAV, or
     `stem-<i>.wav` per clip when several. Returns the files written (each atomically)."""
-    from polyfuse.atomic import atomic_write, atomic_write_text
+    from polyfuse.atomic import atomic_write_text
 
     suffix = path.suffix.lower()
     if modality is Modality.IMAGE:
@@ -116,8 +122,7 @@ def write_generated(path: Path, values: list[Any], modality: Modality, sample_ra
         image = values[0] if len(values) == 1 else image_grid(values)
         buffer = io.BytesIO()
         image.save(buffer, format="PNG" if suffix == ".png" else "JPEG")
-        data = buffer.getvalue()
-        atomic_write(path, lambda f: f.write(data))
+        _write_bytes(path, buffer.getvalue())
         return [path]
     if modality is Modality.AUDIO:
         if suffix != ".wav":
@@ -128,8 +133,7 @@ def write_generated(path: Path, values: list[Any], modality: Modality, sample_ra
             else [path.with_name(f"{path.stem}-{i}.wav") for i in range(len(values))]
         )
         for p, wave in zip(paths, values, strict=True):
-            clip = wav_bytes(wave, sample_rate)
-            atomic_write(p, lambda f, clip=clip: f.write(clip))
+            _write_bytes(p, wav_bytes(wave, sample_rate))
         return paths
     import pandas as pd
 

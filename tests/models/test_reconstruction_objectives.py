@@ -10,7 +10,6 @@ import numpy as np
 import pytest
 import torch
 
-from polyfuse.data.datasets import make_synthetic_table
 from polyfuse.data.dataset import MultimodalDataset, make_collate
 from polyfuse.data.modalities.audio import AudioConfig, audio_features
 from polyfuse.data.modalities.audio_inverse import feature_levels, features_to_waveform

@@ -55,7 +55,13 @@ def score_objectives(model: MultimodalModel, batches: Iterable[Batch]) -> dict[s
 def calibrate_objectives(model: MultimodalModel, batches: Iterable[Batch]) -> list[str]:
     """Give every objective that has a `calibrate(rows)` hook its `eval_rows` on `batches` (the
     validation split): e.g. an anomaly threshold at a chosen false-alarm rate. Returns their names."""
-    names = [n for n in model.objectives if callable(getattr(model.objective(n), "calibrate", None))]
+    # an optional hook, so not on the Objective protocol: look it up on each objective
+    hooks: dict[str, Callable[[dict[str, Tensor]], None]] = {}
+    for name in model.objectives:
+        hook = getattr(model.objective(name), "calibrate", None)
+        if callable(hook):
+            hooks[name] = hook
+    names = list(hooks)
     if not names:
         return []
 
@@ -63,9 +69,7 @@ def calibrate_objectives(model: MultimodalModel, batches: Iterable[Batch]) -> li
         return {f"{n}:{k}": v for n in names for k, v in model.objective(n).eval_rows(output, batch).items()}
 
     rows = collect(model, batches, eval_rows)
-    for name in names:
+    for name, calibrate in hooks.items():
         prefix = f"{name}:"
-        model.objective(name).calibrate(
-            {k[len(prefix) :]: v for k, v in rows.items() if k.startswith(prefix)}
-        )
+        calibrate({k[len(prefix) :]: v for k, v in rows.items() if k.startswith(prefix)})
     return names

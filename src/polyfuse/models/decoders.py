@@ -37,15 +37,18 @@ def gaussian_nll(mean: Tensor, target: Tensor, log_scale: Tensor) -> Tensor:
     return 0.5 * ((target - mean) * torch.exp(-log_scale)).square() + log_scale + HALF_LOG_2PI
 
 
-def _upsampling_stack(n_ups: int, width: int, conv: type[nn.Module], norm: type[nn.Module]) -> nn.Sequential:
-    """n_ups × [transposed conv (kernel 4, stride 2: doubles the size) → norm → ReLU], halving the width."""
+def _upsampling_stack(
+    n_ups: int, width: int, conv: type[nn.Module], norm: type[nn.Module]
+) -> tuple[nn.Sequential, int]:
+    """n_ups × [transposed conv (kernel 4, stride 2: doubles the size) → norm → ReLU], halving the width;
+    with the number of channels it ends on."""
     layers: list[nn.Module] = []
     channels = width
     for _ in range(n_ups):
         out = max(channels // 2, 16)
         layers += [conv(channels, out, 4, 2, 1), norm(out), nn.ReLU()]
         channels = out
-    return nn.Sequential(*layers)
+    return nn.Sequential(*layers), channels
 
 
 def _n_ups(size: int, start_at_most: int, at_most: int = 6) -> int:
@@ -68,8 +71,7 @@ class ImageDecoder(nn.Module):
         self.start = (math.ceil(size[0] / 2**ups), math.ceil(size[1] / 2**ups))
         self.width = width
         self.project = nn.Sequential(nn.Linear(latent_dim, width * self.start[0] * self.start[1]), nn.ReLU())
-        self.up = _upsampling_stack(ups, width, nn.ConvTranspose2d, nn.BatchNorm2d)
-        last = self.up[-3].out_channels  # type: ignore[union-attr]
+        self.up, last = _upsampling_stack(ups, width, nn.ConvTranspose2d, nn.BatchNorm2d)
         self.out = nn.Conv2d(last, channels, 3, padding=1)
         self.log_scale = nn.Parameter(torch.zeros(()), requires_grad=learn_scale)
 
@@ -116,8 +118,7 @@ class AudioDecoder(nn.Module):
         ups = _n_ups(frames, 16)
         self.start = math.ceil(frames / 2**ups)
         self.project = nn.Sequential(nn.Linear(latent_dim, width * self.start), nn.ReLU())
-        self.up = _upsampling_stack(ups, width, nn.ConvTranspose1d, nn.BatchNorm1d)
-        last = self.up[-3].out_channels  # type: ignore[union-attr]
+        self.up, last = _upsampling_stack(ups, width, nn.ConvTranspose1d, nn.BatchNorm1d)
         self.out = nn.Conv1d(last, n_bins + 1, 3, padding=1)
         self.log_scale = nn.Parameter(torch.zeros(()), requires_grad=learn_scale)
 
@@ -225,7 +226,7 @@ class CategoryDecoder(nn.Module):
     def _per_column(self, raw: Tensor, batch: ModalityBatch) -> tuple[Tensor, Tensor]:
         """Cross-entropy (B, K) and where the value is given (B, K)."""
         losses = []
-        for k, logits in enumerate(raw.split(self.cardinalities, dim=1)):
+        for k, logits in enumerate(torch.split(raw, self.cardinalities, dim=1)):
             target = batch.values[:, k].clamp(max=logits.shape[1] - 1)
             losses.append(F.cross_entropy(logits, target, reduction="none"))
         given = (batch.values > 0) & batch.present[:, None]  # id 0 = missing
@@ -240,7 +241,7 @@ class CategoryDecoder(nn.Module):
 
     def mean(self, raw: Tensor) -> Tensor:
         """(B, K) the most likely id per column (never 0, which means "missing")."""
-        ids = [logits[:, 1:].argmax(1) + 1 for logits in raw.split(self.cardinalities, dim=1)]
+        ids = [logits[:, 1:].argmax(1) + 1 for logits in torch.split(raw, self.cardinalities, dim=1)]
         return torch.stack(ids, dim=1)
 
     def counts(self, batch: ModalityBatch) -> Tensor:

@@ -71,7 +71,7 @@ def components(joint: str, n_inputs: int, unimodal_elbos: bool = True) -> list[t
     if joint not in JOINTS:
         raise ValueError(f"joint must be one of {JOINTS}, got {joint!r}")
     full = tuple(range(n_inputs))
-    singles = [(i,) for i in range(n_inputs)]
+    singles: list[tuple[int, ...]] = [(i,) for i in range(n_inputs)]
     if joint == "poe":
         return [full] + (singles if unimodal_elbos and n_inputs > 1 else [])
     if joint == "moe":

@@ -22,6 +22,9 @@ from polyfuse.models.decoders import AudioDecoder, CategoryDecoder, Decoder, Ima
 from polyfuse.objectives.base import ObjectiveContext
 
 if TYPE_CHECKING:
+    import numpy as np
+    import numpy.typing as npt
+
     from polyfuse.data.batch import Batch
     from polyfuse.data.preprocess import Preprocessor
     from polyfuse.data.table import Table
@@ -80,6 +83,7 @@ class ReconstructionBase(nn.Module):
     """Decoders, weights and the anomaly machinery; subclasses say how a row becomes a code."""
 
     name: ClassVar[str]
+    anomaly_threshold: Tensor  # () buffer: NaN until `calibrate` sets it from the validation scores
 
     def _setup(
         self,
@@ -255,7 +259,7 @@ class ReconstructionBase(nn.Module):
         for name in self.decoded:
             if self.modalities[name] is not Modality.AUDIO:
                 continue
-            waves = []
+            waves: list[npt.NDArray[np.float32]] = []
             for cell in train.frame[name].tolist():
                 if len(waves) >= LEVEL_CLIPS:
                     break

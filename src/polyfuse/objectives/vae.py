@@ -47,6 +47,7 @@ class VAEObjective(ReconstructionBase):
     name: ClassVar[str] = "vae"
     needs_fusion: ClassVar[bool] = False
     capabilities: ClassVar[tuple[str, ...]] = ("generate", "anomaly")
+    steps: Tensor  # () long buffer: training steps taken (drives the KL warm-up, saved with the model)
 
     def __init__(
         self,
@@ -77,7 +78,7 @@ class VAEObjective(ReconstructionBase):
         self.posteriors = nn.ModuleDict(
             {self.keys[n]: nn.Linear(context.input_dims[n], 2 * latent_dim) for n in self.inputs}
         )
-        self.register_buffer("steps", torch.zeros((), dtype=torch.long))  # training steps taken
+        self.register_buffer("steps", torch.zeros((), dtype=torch.long))
 
     def experts(self, output: ModelOutput) -> list[Gaussian]:
         """q(z | x_m) per input, in `self.inputs` order (rows lacking it hold junk; masks say which)."""

@@ -184,9 +184,7 @@ def train(
         module.load_state_dict(torch.load(best, map_location="cpu", weights_only=True)["state_dict"])
     model = module.model.cpu().eval()
     if val_loader is not None:
-        calibrated = calibrate_objectives(
-            model, make_loader(val_table, preprocessor, train=False, **loader_args)
-        )  # type: ignore[arg-type]
+        calibrated = calibrate_objectives(model, val_loader)
         if calibrated:
             log(f"calibrated on the validation split: {', '.join(calibrated)}")
     metrics = evaluate_splits(model, prepared, preprocessor, training.batch_size)

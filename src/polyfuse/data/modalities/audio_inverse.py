@@ -47,7 +47,7 @@ def features_to_magnitude(features: torch.Tensor, cfg: AudioConfig, levels: torc
         x = torch.linalg.pinv(_dct_matrix(cfg.n_mfcc, cfg.n_mels).double()) @ x  # (n_mels, T)
     mel_power = (x.exp() - LOG_FLOOR).clamp(min=0.0)
     bank = mel_filterbank(cfg.n_fft, cfg.n_mels, cfg.sample_rate, cfg.f_min, cfg.effective_f_max).double()
-    power = (torch.linalg.pinv(bank) @ mel_power).clamp(min=0.0)  # (K, T)
+    power: torch.Tensor = (torch.linalg.pinv(bank) @ mel_power).clamp(min=0.0)  # (K, T)
     return power.sqrt().float()
 
 
