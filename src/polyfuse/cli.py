@@ -62,7 +62,7 @@ EncodingOption = Annotated[
 ]
 # The fusion registry's names (tests check this against polyfuse.models.fusion.list_fusions()); spelled
 # out here so `--help` does not import torch.
-FUSION_NAMES = "concat, cross_attention, gated, lowrank, tensor, transformer"
+FUSION_NAMES = "concat, cross_attention, film, gated, lowrank, tensor, transformer"
 ColumnOption = Annotated[
     list[str] | None,
     typer.Option("--column", "-c", help="override a column's kind: COLUMN=KIND (repeatable)"),
