@@ -527,6 +527,69 @@ def report_command(
     console.print(f"wrote {output} and {json_path}")
 
 
+@app.command("generate")
+def generate_command(
+    model_dir: Annotated[Path, typer.Argument(metavar="MODEL_DIR", help="model directory (RUN_DIR/model)")],
+    to: Annotated[str, typer.Option("--to", help="the input to generate, e.g. image or audio")],
+    output: Annotated[
+        Path, typer.Option("--output", "-o", help="file to write: .png / .jpg (image), .wav (audio), .csv")
+    ],
+    source: Annotated[
+        list[str] | None,
+        typer.Option(
+            "--from",
+            help="INPUT=VALUE to generate from, e.g. audio=clip.wav (repeatable); none: unconditional samples",
+        ),
+    ] = None,
+    n: Annotated[int, typer.Option("--n", min=1, help="samples: a grid of n images, or n WAV files")] = 1,
+    temperature: Annotated[
+        float, typer.Option(min=0.0, help="latent noise scale; 0 gives the most typical sample")
+    ] = 1.0,
+    seed: Annotated[int, typer.Option(help="random seed of the samples")] = 0,
+) -> None:
+    """Generate one input of a vae / autoencoder model from others, or unconditionally.
+
+    polyfuse generate MODEL_DIR --from audio=clip.wav --to image -o out.png
+    polyfuse generate MODEL_DIR --to image --n 16 -o grid.png"""
+    from polyfuse.generation import write_generated
+    from polyfuse.predict import Predictor
+
+    row = {}
+    for item in source or []:
+        if "=" not in item:
+            raise typer.BadParameter(
+                f"'{item}' should look like INPUT=VALUE, e.g. audio=clip.wav", param_hint="--from"
+            )
+        name, value = item.split("=", 1)
+        row[name.strip()] = value.strip()
+    predictor = Predictor(model_dir)
+    if to not in predictor.preprocessor.inputs:
+        raise DataError(
+            f"--to {to}: not an input of the model; inputs: {sorted(predictor.preprocessor.inputs)}"
+        )
+    unknown = [k for k in row if k not in predictor.preprocessor.inputs]
+    if unknown:
+        raise DataError(
+            f"--from {unknown[0]}: not an input of the model; inputs: {sorted(predictor.preprocessor.inputs)}"
+        )
+    try:
+        if row:
+            values = predictor.generate(
+                [row] * n, to, from_inputs=list(row), temperature=temperature, seed=seed, base_dir=Path.cwd()
+            )
+        else:
+            values = predictor.generate(None, to, n=n, temperature=temperature, seed=seed)
+        written = write_generated(
+            output,
+            values,
+            predictor.preprocessor.inputs[to],
+            predictor.preprocessor.state.config.audio.sample_rate,
+        )
+    except ValueError as e:
+        raise DataError(str(e)) from None
+    console.print(f"wrote {', '.join(map(str, written))}")
+
+
 @index_app.command("build")
 def index_build_command(
     model_dir: Annotated[Path, typer.Argument(help="model directory of a contrastive model")],

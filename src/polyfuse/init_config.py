@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import inspect
+import math
 import os
 from collections import Counter
 from pathlib import Path
@@ -101,9 +102,36 @@ def init_config(
         fusion=FusionConfig(name=fusion or "gated"),
         objectives=[_objective_config(name, label) for name in objectives],
     )
+    generative = [o for o in config.objectives if o.name in ("vae", "autoencoder")]
+    for objective in generative:
+        objective.options.update(generative_options(objective.name, table, schema, config))
     if fusion is None and "supervised" in objectives and label is not None:
         config = _fit_setup_to_inputs(config, table, schema, label, notes if notes is not None else [])
     return config
+
+
+def generative_options(name: str, table: Table, schema: TableSchema, config: RunConfig) -> dict[str, Any]:
+    """vae / autoencoder defaults from the table: audio decoders rebuild as many frames as the longest of a
+    few sampled clips (not audio.max_seconds' worth of padding), and the vae's KL warm-up lasts about a
+    quarter of the run's steps."""
+    options: dict[str, Any] = {}
+    audio = config.data.preprocessing.audio
+    seconds = []
+    for source in _sample_sources(table, schema.columns_of(Modality.AUDIO)):
+        import soundfile as sf
+
+        try:
+            info = sf.info(str(source))
+            seconds.append(info.frames / info.samplerate)
+        except (RuntimeError, OSError, sf.LibsndfileError):
+            continue
+    if seconds:
+        longest = min(max(seconds), audio.max_seconds)
+        options["audio_frames"] = min(1 + int(longest * audio.sample_rate) // audio.hop_length, 512)
+    if name == "vae":
+        steps_per_epoch = max(1, math.ceil(0.8 * len(table) / config.training.batch_size))
+        options["kl_warmup_steps"] = max(1, round(0.25 * config.training.epochs * steps_per_epoch))
+    return options
 
 
 def _fit_setup_to_inputs(
