@@ -48,6 +48,13 @@ SMALL_ENCODERS = {
 
 
 @pytest.fixture(scope="session")
+def small_encoders() -> dict[str, EncoderConfig]:
+    """SMALL_ENCODERS, for tests that edit a config `polyfuse init` wrote (test modules are not a package,
+    so they cannot import it from here)."""
+    return SMALL_ENCODERS
+
+
+@pytest.fixture(scope="session")
 def synthetic_table(tmp_path_factory: pytest.TempPathFactory) -> Path:
     return make_synthetic_table(tmp_path_factory.mktemp("synthetic"), n_rows=240, seed=0)
 

@@ -10,6 +10,7 @@
       preprocessing.json     image/audio/text settings, numeric statistics, vocabularies, label maps
       labels.json            class names per target
       metrics.json           evaluation results
+      calibration.json       temperatures per target, when `polyfuse calibrate` has run (optional)
       README.md              a short model card
 
 The folder is written beside its destination and renamed into place, so a crash leaves the previous model
@@ -187,8 +188,19 @@ def load_model(directory: Path | str) -> tuple[MultimodalModel, RunConfig, Prepr
                 )
             ]
         )
+    _apply_calibration(model, directory)
     model.eval()
     return model, config, preprocessor, info
+
+
+def _apply_calibration(model: MultimodalModel, directory: Path) -> None:
+    """Temperatures from calibration.json (`polyfuse calibrate`) divide the supervised logits at predict time."""
+    from polyfuse.evaluation.calibration import read_temperatures
+
+    temperatures = read_temperatures(directory)
+    for name in model.objectives_for("predict"):
+        objective: Any = model.objective(name)
+        objective.temperatures = {t: v for t, v in temperatures.items() if t in objective.specs}
 
 
 def _renamed_v1(key: str) -> str:

@@ -62,7 +62,7 @@ EncodingOption = Annotated[
 ]
 # The fusion registry's names (tests check this against polyfuse.models.fusion.list_fusions()); spelled
 # out here so `--help` does not import torch.
-FUSION_NAMES = "concat, cross_attention, gated, lowrank, tensor, transformer"
+FUSION_NAMES = "concat, cross_attention, film, gated, lowrank, tensor, transformer"
 ColumnOption = Annotated[
     list[str] | None,
     typer.Option("--column", "-c", help="override a column's kind: COLUMN=KIND (repeatable)"),
@@ -236,7 +236,13 @@ def init_command(
         "config.yaml"
     ),
     column: ColumnOption = None,
-    fusion: Annotated[str, typer.Option(help=f"fusion: {FUSION_NAMES}")] = "gated",
+    fusion: Annotated[
+        str | None,
+        typer.Option(
+            help=f"fusion: {FUSION_NAMES}; default: chosen from a quick probe of each input alone (gated "
+            "for redundant inputs, film for complementary ones; the config's first lines say why)"
+        ),
+    ] = None,
     preset: Annotated[str | None, typer.Option(help="preprocessing preset, e.g. av-digits")] = None,
     force: Annotated[bool, typer.Option(help="overwrite an existing config file")] = False,
     encoding: EncodingOption = None,
@@ -249,6 +255,7 @@ def init_command(
 
     if output.exists() and not force:
         raise DataError(f"{output} exists; pass --force to overwrite it")
+    notes: list[str] = []
     config = init_config(
         table,
         target or [],
@@ -258,11 +265,15 @@ def init_command(
         preset=preset,
         objectives=objective,
         encoding=encoding,
+        notes=notes,
     )
     problems = check_config(config)
     if problems:
         raise DataError(problems)
-    atomic_write_text(output, relative_to_config(config, output).to_yaml())
+    header = "".join(f"# polyfuse init chose {note}\n" for note in notes)
+    atomic_write_text(output, header + relative_to_config(config, output).to_yaml())
+    for note in notes:
+        console.print(f"chose {note}")
     inputs = ", ".join(f"{n} ({e.name})" for n, e in config.encoders.items())
     objectives = ", ".join(o.name for o in config.objectives)
     console.print(
@@ -437,6 +448,166 @@ def predict_command(
     console.print(f"wrote {len(frame)} predictions to {output}")
 
 
+@app.command("calibrate")
+def calibrate_command(
+    model_dir: Annotated[Path, typer.Argument(metavar="MODEL_DIR", help="model directory (RUN_DIR/model)")],
+    table: Annotated[Path, typer.Argument(metavar="TABLE", help="the table the model was trained on")],
+    split: Annotated[str, typer.Option(help="split to fit the temperature on")] = "val",
+    bins: Annotated[int, typer.Option(min=2, help="confidence bins of the expected calibration error")] = 15,
+    encoding: EncodingOption = None,
+) -> None:
+    """Fit temperature scaling on the validation split and save it with the model (calibration.json).
+
+    From then on predict, predict_proba and serve divide the logits by the fitted temperature (the
+    predicted classes never change). Prints ECE and NLL before and after, on the fitting split and on the
+    test split."""
+    from polyfuse.evaluation.calibration import calibrate_model
+
+    saved = calibrate_model(
+        model_dir, table, fit_split=split, bins=bins, encoding=encoding, show_progress=sys.stderr.isatty()
+    )
+    for target, found in saved["targets"].items():
+        console.print(f"{target}: temperature {found['temperature']:.4f}")
+        for name, values in found.items():
+            if isinstance(values, dict):
+                console.print(
+                    f"  {name} ({values['rows']} rows): ECE ({bins} bins) {values['ece_before']:.4f} → "
+                    f"{values['ece_after']:.4f}, NLL {values['nll_before']:.4f} → {values['nll_after']:.4f}"
+                )
+    console.print(f"wrote {model_dir / 'calibration.json'}")
+
+
+@app.command("cv")
+def cv_command(
+    config_path: Annotated[
+        Path, typer.Argument(metavar="CONFIG", help="config YAML (polyfuse init writes one)")
+    ],
+    folds: Annotated[int, typer.Option(min=2, help="number of folds")] = 5,
+    output: Annotated[
+        Path, typer.Option("--output", "-o", metavar="CV_DIR", help="folder for the folds' runs and cv.json")
+    ] = Path("cv"),
+    group_by: Annotated[
+        str | None, typer.Option(help="column whose groups stay in one fold (e.g. speaker)")
+    ] = None,
+    seed: Annotated[
+        int | None, typer.Option(help="seed of the fold assignment (default training.seed)")
+    ] = None,
+    quiet: Annotated[bool, typer.Option("--quiet", "-q", help="print only errors and the results")] = False,
+) -> None:
+    """Cross-validate CONFIG: one model per fold (stratified by the first target, or grouped), each
+    metric's mean ± std and per-fold values in CV_DIR/cv.json. Rerun the same command to resume: finished
+    folds are skipped and an interrupted one continues from its last checkpoint."""
+    from polyfuse.config import read_config
+    from polyfuse.evaluation.cv import cross_validate
+
+    config, problems = read_config(config_path)
+    if problems or config is None:
+        raise DataError(problems)
+    log = (lambda *args, **kwargs: None) if quiet else _plain_print
+    summary = cross_validate(
+        config,
+        output,
+        folds,
+        group_by=group_by,
+        seed=seed,
+        show_progress=sys.stdout.isatty() and not quiet,
+        log=log,
+    )
+    for section, metrics in summary["metrics"].items():
+        shown = ", ".join(f"{m} {v['mean']:.4f} ± {v['std']:.4f}" for m, v in metrics.items())
+        console.print(f"{section} ({folds} folds): {shown}")
+    console.print(f"wrote {output / 'cv.json'}")
+
+
+@app.command("report")
+def report_command(
+    model_dir: Annotated[Path, typer.Argument(metavar="MODEL_DIR", help="model directory (RUN_DIR/model)")],
+    table: Annotated[Path, typer.Argument(metavar="TABLE", help="table with the target columns")],
+    split: Annotated[str | None, typer.Option(help="the split to report on (as for evaluate)")] = "test",
+    output: Annotated[Path, typer.Option("--output", "-o", help="the HTML file")] = Path("report.html"),
+    robustness: Annotated[bool, typer.Option(help="compute robustness curves (the slowest part)")] = True,
+    encoding: EncodingOption = None,
+) -> None:
+    """One self-contained HTML report (and report.json beside it): learning curves, per-class metrics,
+    confusion matrix, modality contributions, robustness curves, calibration, the most confidently wrong
+    rows with their media, the resolved config and a data summary."""
+    from polyfuse.evaluation.report import write_report
+
+    json_path = write_report(
+        model_dir,
+        table,
+        output,
+        split=split,
+        robustness=robustness,
+        encoding=encoding,
+        show_progress=sys.stderr.isatty(),
+    )
+    console.print(f"wrote {output} and {json_path}")
+
+
+@app.command("generate")
+def generate_command(
+    model_dir: Annotated[Path, typer.Argument(metavar="MODEL_DIR", help="model directory (RUN_DIR/model)")],
+    to: Annotated[str, typer.Option("--to", help="the input to generate, e.g. image or audio")],
+    output: Annotated[
+        Path, typer.Option("--output", "-o", help="file to write: .png / .jpg (image), .wav (audio), .csv")
+    ],
+    source: Annotated[
+        list[str] | None,
+        typer.Option(
+            "--from",
+            help="INPUT=VALUE to generate from, e.g. audio=clip.wav (repeatable); none: unconditional samples",
+        ),
+    ] = None,
+    n: Annotated[int, typer.Option("--n", min=1, help="samples: a grid of n images, or n WAV files")] = 1,
+    temperature: Annotated[
+        float, typer.Option(min=0.0, help="latent noise scale; 0 gives the most typical sample")
+    ] = 1.0,
+    seed: Annotated[int, typer.Option(help="random seed of the samples")] = 0,
+) -> None:
+    """Generate one input of a vae / autoencoder model from others, or unconditionally.
+
+    polyfuse generate MODEL_DIR --from audio=clip.wav --to image -o out.png
+    polyfuse generate MODEL_DIR --to image --n 16 -o grid.png"""
+    from polyfuse.generation import write_generated
+    from polyfuse.predict import Predictor
+
+    row = {}
+    for item in source or []:
+        if "=" not in item:
+            raise typer.BadParameter(
+                f"'{item}' should look like INPUT=VALUE, e.g. audio=clip.wav", param_hint="--from"
+            )
+        name, value = item.split("=", 1)
+        row[name.strip()] = value.strip()
+    predictor = Predictor(model_dir)
+    if to not in predictor.preprocessor.inputs:
+        raise DataError(
+            f"--to {to}: not an input of the model; inputs: {sorted(predictor.preprocessor.inputs)}"
+        )
+    unknown = [k for k in row if k not in predictor.preprocessor.inputs]
+    if unknown:
+        raise DataError(
+            f"--from {unknown[0]}: not an input of the model; inputs: {sorted(predictor.preprocessor.inputs)}"
+        )
+    try:
+        if row:
+            values = predictor.generate(
+                [row] * n, to, from_inputs=list(row), temperature=temperature, seed=seed, base_dir=Path.cwd()
+            )
+        else:
+            values = predictor.generate(None, to, n=n, temperature=temperature, seed=seed)
+        written = write_generated(
+            output,
+            values,
+            predictor.preprocessor.inputs[to],
+            predictor.preprocessor.state.config.audio.sample_rate,
+        )
+    except ValueError as e:
+        raise DataError(str(e)) from None
+    console.print(f"wrote {', '.join(map(str, written))}")
+
+
 @index_app.command("build")
 def index_build_command(
     model_dir: Annotated[Path, typer.Argument(help="model directory of a contrastive model")],
@@ -544,9 +715,14 @@ def serve_command(
     timeout: Annotated[float, typer.Option(help="seconds before a request gets 504")] = 30.0,
     max_body_mb: Annotated[float, typer.Option(help="request body limit, MB")] = 20.0,
     max_rows: Annotated[int, typer.Option(help="rows per request")] = 256,
+    index: Annotated[
+        Path | None,
+        typer.Option(help="an index built with this model (polyfuse index build): POST /v1/search"),
+    ] = None,
 ) -> None:
-    """Serve MODEL_DIR over HTTP: POST /v1/predict, GET /v1/model, /healthz, /readyz, /metrics, and a
-    playground page at /. Needs the serve extra: pip install 'polyfuse[serve]'."""
+    """Serve MODEL_DIR over HTTP: POST /v1/predict (supervised), /v1/embed (contrastive), /v1/consistency
+    (matching), /v1/search (with --index), GET /v1/model, /healthz, /readyz, /metrics, and a playground
+    page at /. Needs the serve extra: pip install 'polyfuse[serve]'."""
     try:
         from polyfuse.serve import serve
         from polyfuse.serve.auth import load_key_hashes
@@ -562,6 +738,7 @@ def serve_command(
         workers=workers,
         api_key_hashes=load_key_hashes(api_keys),
         insecure_no_auth=insecure_no_auth,
+        index_dir=index,
         limits=Limits(max_body_bytes=int(max_body_mb * 1_000_000), max_rows=max_rows),
         batching=Batching(
             enabled=batching,

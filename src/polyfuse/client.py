@@ -12,6 +12,7 @@ from __future__ import annotations
 import base64
 import json
 import urllib.error
+import urllib.parse
 import urllib.request
 from collections.abc import Mapping, Sequence
 from pathlib import Path
@@ -73,11 +74,32 @@ class Client:
                 error.get("request_id", ""),
             ) from None
 
+    def _rows(self, path: str, rows: Sequence[Mapping[str, Any]], answer: str) -> list[dict[str, Any]]:
+        body = {"rows": [{k: _cell(v) for k, v in row.items() if v is not None} for row in rows]}
+        answers: list[dict[str, Any]] = self._call("POST", path, body)[answer]
+        return answers
+
     def predict(self, rows: Sequence[Mapping[str, Any]]) -> list[dict[str, Any]]:
         """One answer per row, in order: target → {"prediction", "probabilities"}."""
-        body = {"rows": [{k: _cell(v) for k, v in row.items() if v is not None} for row in rows]}
-        answer: list[dict[str, Any]] = self._call("POST", "/v1/predict", body)["predictions"]
-        return answer
+        return self._rows("/v1/predict", rows, "predictions")
+
+    def embed(self, rows: Sequence[Mapping[str, Any]]) -> list[dict[str, Any]]:
+        """One answer per row, in order: {"embedding": the row's vector, "inputs": {input: vector}}; a
+        vector is None where the row lacks what it needs (contrastive models)."""
+        return self._rows("/v1/embed", rows, "embeddings")
+
+    def consistency(self, rows: Sequence[Mapping[str, Any]]) -> list[float | None]:
+        """Per row, the probability that its inputs belong together; None with fewer than two inputs
+        (matching models)."""
+        return [answer["consistency"] for answer in self._rows("/v1/consistency", rows, "scores")]
+
+    def search(
+        self, queries: Sequence[Mapping[str, Any]], *, target: str | None = None, k: int = 10
+    ) -> list[dict[str, Any]]:
+        """Per query row (each holding one input's value), the k nearest rows of the server's index:
+        {"query", "target", "hits": [{"rank", "score", "row", "fields"}]}."""
+        parameters = {"k": str(k), **({"target": target} if target is not None else {})}
+        return self._rows("/v1/search?" + urllib.parse.urlencode(parameters), queries, "results")
 
     def model(self) -> dict[str, Any]:
         """Input fields, targets and classes, version, metrics and limits."""

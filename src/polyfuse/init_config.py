@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import inspect
+import math
 import os
 from collections import Counter
 from pathlib import Path
@@ -34,13 +35,18 @@ def init_config(
     output: Path,
     *,
     overrides: dict[str, str] | None = None,
-    fusion: str = "gated",
+    fusion: str | None = None,
     preset: str | None = None,
     objectives: list[str] | None = None,
     encoding: str | None = None,
+    notes: list[str] | None = None,
 ) -> RunConfig:
     """A complete config for `table_path`, with defaults chosen from the inferred schema and a look at a
     few media files (native image size and colour mode, native audio sample rate).
+
+    `fusion` None: chosen from a probe of each input's own predictive power (`polyfuse.probe`): inputs
+    that each name the label (redundant) get the gated fusion with modality dropout and per-input heads;
+    inputs that only answer together (complementary) get FiLM without them. Why is appended to `notes`.
 
     `objectives` (default: supervised) may add contrastive and / or matching. Without a target, such a
     config trains no supervised head; a label column the table has (given or inferred) is still read, so
@@ -90,11 +96,76 @@ def init_config(
         for name, modality in schema.input_names().items()
     }
     label = targets[0] if targets else None
-    return RunConfig(
+    config = RunConfig(
         data=data,
         encoders=encoders,
-        fusion=FusionConfig(name=fusion),
+        fusion=FusionConfig(name=fusion or "gated"),
         objectives=[_objective_config(name, label) for name in objectives],
+    )
+    generative = [o for o in config.objectives if o.name in ("vae", "autoencoder")]
+    for objective in generative:
+        objective.options.update(generative_options(objective.name, table, schema, config))
+    if fusion is None and "supervised" in objectives and label is not None:
+        config = _fit_setup_to_inputs(config, table, schema, label, notes if notes is not None else [])
+    return config
+
+
+def generative_options(name: str, table: Table, schema: TableSchema, config: RunConfig) -> dict[str, Any]:
+    """vae / autoencoder defaults from the table: audio decoders rebuild as many frames as the longest of a
+    few sampled clips (not audio.max_seconds' worth of padding), and the vae's KL warm-up lasts about a
+    quarter of the run's steps."""
+    options: dict[str, Any] = {}
+    audio = config.data.preprocessing.audio
+    seconds = []
+    for source in _sample_sources(table, schema.columns_of(Modality.AUDIO)):
+        import soundfile as sf
+
+        try:
+            info = sf.info(str(source))
+            seconds.append(info.frames / info.samplerate)
+        except (RuntimeError, OSError, sf.LibsndfileError):
+            continue
+    if seconds:
+        longest = min(max(seconds), audio.max_seconds)
+        options["audio_frames"] = min(1 + int(longest * audio.sample_rate) // audio.hop_length, 512)
+    if name == "vae":
+        steps_per_epoch = max(1, math.ceil(0.8 * len(table) / config.training.batch_size))
+        options["kl_warmup_steps"] = max(1, round(0.25 * config.training.epochs * steps_per_epoch))
+    return options
+
+
+def _fit_setup_to_inputs(
+    config: RunConfig, table: Table, schema: TableSchema, label: str, notes: list[str]
+) -> RunConfig:
+    """Gated fusion + modality dropout + per-input heads when the inputs are redundant; FiLM without
+    them when they are complementary (see `polyfuse.probe`)."""
+    from polyfuse.data.preprocess import infer_task
+    from polyfuse.probe import REDUNDANT_SKILL, probe_inputs
+
+    if len(schema.input_names()) < 2:
+        return config
+    if infer_task(table.frame[label].tolist()) != "classification":
+        notes.append(f"fusion gated: '{label}' is not a classification target, so the inputs were not probed")
+        return config
+    probe = probe_inputs(table, schema, label, config.data.preprocessing)
+    if probe is None:
+        notes.append("fusion gated: too few labelled training rows to probe the inputs")
+        return config
+    if not probe.complementary:
+        notes.append(
+            f"fusion gated, modality dropout, per-input heads: redundant inputs ({probe.summary()}; "
+            f"at least one reaches skill {REDUNDANT_SKILL} alone)"
+        )
+        return config
+    notes.append(
+        f"fusion film, no modality dropout, no per-input heads: complementary inputs ({probe.summary()}; "
+        f"none reaches skill {REDUNDANT_SKILL} alone, so the answer needs them together)"
+    )
+    return config.model_copy(
+        update={
+            "fusion": config.fusion.model_copy(update={"name": "film", "modality_dropout": 0.0}),
+            "training": config.training.model_copy(update={"aux_loss_weight": 0.0}),
+        }
     )
 
 

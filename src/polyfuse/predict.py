@@ -66,7 +66,12 @@ class Predictor:
         """The objective that makes `capability` possible, or a clear error saying how to get one."""
         found = self.model.objectives_for(capability)
         if not found:
-            needed = {"predict": "supervised", "consistency": "matching"}.get(capability, "contrastive")
+            needed = {
+                "predict": "supervised",
+                "consistency": "matching",
+                "generate": "vae",
+                "anomaly": "vae",
+            }.get(capability, "contrastive")
             raise DataError(
                 f"this model cannot {capability.replace('_', '-')}: it was trained with objectives "
                 f"{list(self.model.objectives)}; train one with the '{needed}' objective "
@@ -110,8 +115,69 @@ class Predictor:
 
     def predict(self, rows: Rows | Table, base_dir: Path | None = None) -> pd.DataFrame:
         """One column per target: the predicted class name, the '|'-joined labels over 0.5 (multi-label),
-        or the value (regression)."""
-        return self._labels(self._supervised_outputs(rows, base_dir))
+        or the value (regression); a model with an anomaly score (autoencoder, vae) adds `anomaly_score`
+        and the flag `anomaly` (score over the threshold calibrated on the validation split)."""
+        if self.model.objectives_for("anomaly") and not self.specs:
+            return self.anomaly(rows, base_dir)
+        labels = self._labels(self._supervised_outputs(rows, base_dir))
+        if self.model.objectives_for("anomaly"):
+            return pd.concat([labels, self.anomaly(rows, base_dir)], axis=1)
+        return labels
+
+    def anomaly(self, rows: Rows | Table, base_dir: Path | None = None) -> pd.DataFrame:
+        """`anomaly_score` per row (the autoencoder's reconstruction error or the vae's negative ELBO, per
+        modelled value; NaN for a row with none of its inputs) and `anomaly`: True where the score is over
+        the threshold calibrated on the validation split (at the objective's false_alarm_rate)."""
+        objective: Any = self.model.objective(self._require("anomaly"))
+        found = self._collect(rows, base_dir, objective.anomaly_rows)
+        return pd.DataFrame(
+            {
+                "anomaly_score": found["anomaly_score"].numpy(),
+                "anomaly": found["anomaly"].numpy().astype(bool),
+            }
+        )
+
+    def generate(
+        self,
+        rows: Rows | Table | None = None,
+        target: str = "image",
+        *,
+        n: int = 1,
+        from_inputs: Sequence[str] | None = None,
+        temperature: float = 1.0,
+        seed: int = 0,
+        base_dir: Path | None = None,
+    ) -> list[Any]:
+        """Generate `target` for each row from the row's other inputs (or `from_inputs`), or, with `rows`
+        None, `n` unconditional samples from the prior (vae only). Returns one value per row: a PIL image,
+        a float32 waveform at the preprocessing's sample rate, or {column: value} for tabular inputs.
+
+        temperature scales the latent noise (0: the posterior mean, the most typical sample)."""
+        from polyfuse.generation import to_media
+
+        objective: Any = self.model.objective(self._require("generate"))
+        if target not in objective.decoded:
+            raise ValueError(f"cannot generate '{target}': the model rebuilds {objective.decoded}")
+        generator = torch.Generator().manual_seed(seed)
+        if rows is None:
+            if n < 1:
+                raise ValueError(f"n must be >= 1, got {n}")
+            self.model.eval()
+            with torch.inference_mode():
+                raw = objective.generate(None, target, n, temperature, generator)
+            return to_media(objective, target, raw.cpu(), self.preprocessor)
+        sources = [i for i in (from_inputs or objective.inputs) if i != target or from_inputs is not None]
+        unknown = [i for i in sources if i not in objective.inputs]
+        if unknown:
+            raise ValueError(f"cannot generate from {unknown}: the model's inputs are {objective.inputs}")
+
+        def generated(output: ModelOutput, _: Batch) -> dict[str, torch.Tensor]:
+            present = {k: v & (k in sources) for k, v in output.present.items()}
+            chosen = output.with_present(present)
+            return {"raw": objective.generate(chosen, target, 1, temperature, generator)}
+
+        raw = self._collect(rows, base_dir, generated)["raw"]
+        return to_media(objective, target, raw, self.preprocessor)
 
     def predict_proba(
         self, rows: Rows | Table, target: str | None = None, base_dir: Path | None = None
@@ -128,15 +194,19 @@ class Predictor:
         """What the model's objectives predict for each row, from one pass: labels / values per target plus
         `<target>_proba_<class>` columns (supervised), and a `consistency` column (matching)."""
         wanted = self.model.objectives_for("predict")[:1] + self.model.objectives_for("consistency")[:1]
-        if not wanted:
+        anomaly = self.model.objectives_for("anomaly")[:1]
+        if not wanted and not anomaly:
             raise DataError(
                 f"this model's objectives {list(self.model.objectives)} predict no column per row; use "
                 "embed, search or zero_shot"
             )
         model = self.model
 
-        def per_row(output: ModelOutput, _: Batch) -> dict[str, torch.Tensor]:
-            return {k: v for name in wanted for k, v in model.objective(name).infer(output).items()}
+        def per_row(output: ModelOutput, batch: Batch) -> dict[str, torch.Tensor]:
+            found = {k: v for name in wanted for k, v in model.objective(name).infer(output).items()}
+            for name in anomaly:  # the score compares the rows' inputs with their reconstruction
+                found.update(model.objective(name).anomaly_rows(output, batch))  # type: ignore[attr-defined]
+            return found
 
         outputs = self._collect(rows, base_dir, per_row)  # one pass: each row decoded once
         parts = []
@@ -147,6 +217,15 @@ class Predictor:
                     parts.append(self._probabilities(outputs, target).add_prefix(f"{target}_proba_"))
         if "consistency" in outputs:
             parts.append(pd.DataFrame({"consistency": outputs["consistency"].numpy()}))
+        if "anomaly_score" in outputs:
+            parts.append(
+                pd.DataFrame(
+                    {
+                        "anomaly_score": outputs["anomaly_score"].numpy(),
+                        "anomaly": outputs["anomaly"].numpy().astype(bool),
+                    }
+                )
+            )
         return pd.concat(parts, axis=1)
 
     def embed(
@@ -161,16 +240,11 @@ class Predictor:
         if modality is not None:
             return self.embed_inputs(rows, [modality], base_dir)[modality]
         aligned = self._aligned()
-        if self.model.fusion is not None:
-            fused = self._collect(
-                rows, base_dir, lambda o, _: {"vectors": torch.nn.functional.normalize(o.fused, dim=-1)}
-            )
-            return fused["vectors"].numpy()
-        assert aligned is not None
-        mean = self._collect(
-            rows, base_dir, lambda o, _: {"vectors": _mean_present(aligned.embed(o), o.present)}
-        )
-        return mean["vectors"].numpy()
+        if self.model.fusion is None and aligned is None:
+            self._require("embed")
+        model = self.model
+        found = self._collect(rows, base_dir, lambda o, _: {"vectors": row_embedding(model, aligned, o)})
+        return found["vectors"].numpy()
 
     def embed_inputs(
         self, rows: Rows | Table, inputs: Sequence[str], base_dir: Path | None = None
@@ -265,6 +339,26 @@ class Predictor:
         frame.insert(0, "label", [None if m else labels[i] for i, m in zip(chosen, missing, strict=True)])
         return frame
 
+    def explain(
+        self,
+        rows: Rows | Table,
+        target: str | None = None,
+        *,
+        shapley: bool = True,
+        base_dir: Path | None = None,
+        seed: int = 0,
+    ) -> pd.DataFrame:
+        """Which input decided each row's prediction. Columns: `predicted`, `probability` (of that class),
+        `base` (the prediction with every input missing), `loo_<input>` (how much the probability drops
+        without that input) and `shapley_<input>` (Shapley values over inputs: exact up to 4 inputs,
+        estimated from 64 seeded input orders above; `frame.attrs["shapley_method"]` says which). A
+        regression target is explained in its own units. Removing an input marks it missing, as the
+        model saw missing inputs in training."""
+        from polyfuse.evaluation.contribution import explain_rows
+
+        self._require("predict")
+        return explain_rows(self, self._table(rows, base_dir), target, shapley=shapley, seed=seed)
+
     def evaluate(self, table: Table) -> dict[str, Any]:
         """Every objective's metrics on a table (targets needed by supervised and label-aware objectives)."""
         return score_objectives(self.model, self._batches(table, True))
@@ -272,6 +366,14 @@ class Predictor:
 
 def _pooled(output: ModelOutput) -> dict[str, torch.Tensor]:
     return {n: torch.nn.functional.normalize(f.pooled, dim=-1) for n, f in output.features.items()}
+
+
+def row_embedding(model: Any, aligned: Any, output: ModelOutput) -> torch.Tensor:
+    """(B, E) each row's vector, as `Predictor.embed(rows)` returns it: the L2-normalised fused vector,
+    or (a model without a fusion) the normalised mean of the row's shared-space vectors."""
+    if model.fusion is not None:
+        return torch.nn.functional.normalize(output.fused, dim=-1)
+    return _mean_present(aligned.embed(output), output.present)
 
 
 def _mean_present(vectors: dict[str, torch.Tensor], present: dict[str, torch.Tensor]) -> torch.Tensor:

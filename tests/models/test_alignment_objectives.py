@@ -10,9 +10,11 @@ import torch
 import torch.nn.functional as F
 from sklearn.metrics import average_precision_score
 
+from polyfuse.data.schema import Modality
 from polyfuse.evaluation.retrieval import retrieval_metrics
+from polyfuse.objectives.base import ObjectiveContext
 from polyfuse.objectives.contrastive import info_nce
-from polyfuse.objectives.matching import choose_partners
+from polyfuse.objectives.matching import MatchingObjective, choose_partners
 from polyfuse.retrieval.index import build_faiss, exact_top_k, faiss_available, faiss_recall
 
 
@@ -186,3 +188,36 @@ def test_faiss_index_agrees_with_exact_search(kind: str) -> None:
     assert by_hand >= 0.8
     _, ids = index.search(vectors[:5], 1)
     assert ids[:, 0].tolist() == [0, 1, 2, 3, 4]  # each vector finds itself
+
+
+def test_pairwise_matching_logit_is_the_soft_minimum_over_present_pairs() -> None:
+    inputs = {"audio": Modality.AUDIO, "image": Modality.IMAGE, "text": Modality.TEXT}
+    context = ObjectiveContext(inputs, {n: 4 for n in inputs}, fused_dim=8, targets={}, config=None)  # type: ignore[arg-type]
+    matching = MatchingObjective(context, hidden_dim=3)
+    assert not matching.needs_fusion  # the default head reads the inputs' own projections
+    g = torch.Generator().manual_seed(0)
+    z = {n: torch.randn(3, 3, generator=g, requires_grad=True) for n in inputs}
+    # row 0 has every input, row 1 lacks text, row 2 has audio only (no pair)
+    present = {
+        "audio": torch.tensor([True, True, True]),
+        "image": torch.tensor([True, True, False]),
+        "text": torch.tensor([True, False, False]),
+    }
+    logit = matching._pairwise_logit(z, present)
+
+    def pair(a: str, b: str) -> torch.Tensor:  # the head on InferSent's matching features, by hand
+        za, zb = z[a], z[b]
+        return matching.head(torch.cat([za, zb, za * zb, (za - zb).abs()], dim=-1)).squeeze(-1)
+
+    ai, at, it = pair("audio", "image"), pair("audio", "text"), pair("image", "text")
+    expected_row0 = -torch.logsumexp(-torch.stack([ai[0], at[0], it[0]]), dim=0)
+    torch.testing.assert_close(logit[0], expected_row0)
+    assert logit[0] <= torch.stack([ai[0], at[0], it[0]]).min()  # every pair must agree
+    torch.testing.assert_close(logit[1], ai[1])  # the only pair this row has
+    assert logit[2] == 0.0
+    logit.sum().backward()  # a row without any pair must not send NaN back
+    assert all(torch.isfinite(t.grad).all() for t in z.values() if t.grad is not None)
+
+    with pytest.raises(ValueError, match="head must be"):
+        MatchingObjective(context, head="sum")  # type: ignore[arg-type]
+    assert MatchingObjective(context, head="fused").needs_fusion

@@ -18,6 +18,7 @@ SMALL: dict[str, dict[str, int]] = {
     "concat": {"hidden_dim": 32},
     "tensor": {"proj_dim": 4, "hidden_dim": 32},
     "cross_attention": {"d_model": 16, "num_heads": 2},
+    "film": {"d_model": 16, "blocks": 1},
     "transformer": {"d_model": 16, "num_heads": 2, "num_layers": 1},
 }
 FUSIONS = list_fusions()
@@ -86,13 +87,15 @@ def with_garbage(
 
 
 def test_registry_lists_every_fusion() -> None:
-    assert FUSIONS == ["concat", "cross_attention", "gated", "lowrank", "tensor", "transformer"]
+    assert FUSIONS == ["concat", "cross_attention", "film", "gated", "lowrank", "tensor", "transformer"]
     assert list_fusions("*attention*") == ["cross_attention"]
     assert list_fusions("nope*") == []
 
 
 def test_unknown_name_lists_choices() -> None:
-    with pytest.raises(ValueError, match="unknown fusion 'nope'; choices: concat, cross_attention, gated"):
+    with pytest.raises(
+        ValueError, match="unknown fusion 'nope'; choices: concat, cross_attention, film, gated"
+    ):
         create_fusion("nope", DIMS, OUT)
 
 

@@ -45,8 +45,8 @@ def _post(port: int, rows: list[dict[str, Any]], timeout: float = 30) -> tuple[i
         return e.code, json.loads(e.read())
 
 
-def _wait_ready(port: int, process: subprocess.Popen[bytes]) -> None:
-    deadline = time.monotonic() + 180  # start-up imports torch and loads the model: slow on a busy box
+def _wait_ready(port: int, process: subprocess.Popen[bytes], timeout: float = 180) -> None:
+    deadline = time.monotonic() + timeout  # start-up imports torch and loads the model: slow on a busy box
     while time.monotonic() < deadline:
         assert process.poll() is None, process.stderr.read().decode() if process.stderr else ""
         try:

@@ -66,6 +66,7 @@ def test_alignment_model_trains_and_serves_every_capability(
 
     monkeypatch.chdir(aligned_run.parent)
     predictor = polyfuse.load(Path("run/model"))  # a relative path
+    assert predictor.model.fusion is None  # matching's default pairwise head reads no fused vector
     frame = read_table(synthetic_table).frame
     complete = frame[frame["image"].notna() & frame["audio"].notna() & frame["text"].notna()]
     rows = complete.head(6).to_dict("records")

@@ -10,15 +10,41 @@ import pytest
 
 import polyfuse
 from polyfuse.config import EncoderConfig
-from polyfuse.data.datasets import build_av_digits
+from polyfuse.data.datasets import build_av_digits, build_digit_questions, build_spoken_vs_written
 from polyfuse.init_config import init_config
 from polyfuse.training.run import train
 
 
+@pytest.fixture(scope="module")
+def av_table(shared_data: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
+    return build_av_digits(tmp_path_factory.mktemp("av") / "av", shared_data)
+
+
 @pytest.mark.realdata
-def test_small_fused_model_on_av_digits(shared_data: Path, tmp_path: Path) -> None:
-    table = build_av_digits(tmp_path / "av", shared_data)
-    config = init_config(table, ["label"], tmp_path / "config.yaml")
+def test_init_fits_the_setup_to_redundant_and_complementary_inputs(av_table: Path, tmp_path: Path) -> None:
+    notes: list[str] = []
+    redundant = init_config(av_table, ["label"], tmp_path / "av.yaml", notes=notes)
+    # each of image and audio names the digit: pooled fusion that tolerates a missing input
+    assert redundant.fusion.name == "gated" and redundant.fusion.modality_dropout == 0.3
+    assert redundant.training.aux_loss_weight == 0.5
+    assert len(notes) == 1 and "redundant inputs" in notes[0] and "audio 0." in notes[0]
+
+    for table in (build_digit_questions(av_table), build_spoken_vs_written(av_table)):
+        notes = []
+        complementary = init_config(table, ["answer"], tmp_path / "c.yaml", notes=notes)
+        # neither input answers alone: inputs interact (FiLM), and nothing trains them to stand alone
+        assert complementary.fusion.name == "film", notes
+        assert complementary.fusion.modality_dropout == 0.0
+        assert complementary.training.aux_loss_weight == 0.0
+        assert "complementary inputs" in notes[0]
+    # an explicit fusion is never second-guessed
+    assert init_config(table, ["answer"], tmp_path / "g.yaml", fusion="gated").fusion.name == "gated"
+
+
+@pytest.mark.realdata
+def test_small_fused_model_on_av_digits(av_table: Path, tmp_path: Path) -> None:
+    table = av_table
+    config = init_config(table, ["label"], tmp_path / "config.yaml", fusion="gated")
     assert config.data.preprocessing.image.size == (28, 28) and config.data.preprocessing.image.mode == "L"
     assert config.data.preprocessing.audio.sample_rate == 8000
     config = config.model_copy(

@@ -50,3 +50,26 @@ def score_objectives(model: MultimodalModel, batches: Iterable[Batch]) -> dict[s
         own = {k[len(prefix) :]: v for k, v in rows.items() if k.startswith(prefix)}
         results.update(model.objective(name).score(own))
     return results
+
+
+def calibrate_objectives(model: MultimodalModel, batches: Iterable[Batch]) -> list[str]:
+    """Give every objective that has a `calibrate(rows)` hook its `eval_rows` on `batches` (the
+    validation split): e.g. an anomaly threshold at a chosen false-alarm rate. Returns their names."""
+    # an optional hook, so not on the Objective protocol: look it up on each objective
+    hooks: dict[str, Callable[[dict[str, Tensor]], None]] = {}
+    for name in model.objectives:
+        hook = getattr(model.objective(name), "calibrate", None)
+        if callable(hook):
+            hooks[name] = hook
+    names = list(hooks)
+    if not names:
+        return []
+
+    def eval_rows(output: ModelOutput, batch: Batch) -> dict[str, Tensor]:
+        return {f"{n}:{k}": v for n in names for k, v in model.objective(n).eval_rows(output, batch).items()}
+
+    rows = collect(model, batches, eval_rows)
+    for name, calibrate in hooks.items():
+        prefix = f"{name}:"
+        calibrate({k[len(prefix) :]: v for k, v in rows.items() if k.startswith(prefix)})
+    return names

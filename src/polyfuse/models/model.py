@@ -50,6 +50,10 @@ class ModelOutput:
             self._fused = self.fuse(self.features, self.present)
         return self._fused
 
+    def with_present(self, present: dict[str, Tensor]) -> ModelOutput:
+        """The same features with other presence masks (e.g. only the inputs to generate from)."""
+        return ModelOutput(self.features, present, self._fuse)
+
     def fuse(
         self,
         features: dict[str, EncoderOutput],
@@ -260,6 +264,7 @@ def build_model(config: RunConfig, preprocessor: Preprocessor) -> MultimodalMode
         fused_dim=config.fusion.output_dim,
         targets=dict(preprocessor.state.targets),
         config=config,
+        preprocessor=preprocessor,
     )
     objectives = {o.name: create_objective(o.name, context, **o.options) for o in config.objectives}
     if not any(getattr(o, "needs_fusion", True) for o in objectives.values()):

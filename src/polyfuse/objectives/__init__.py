@@ -14,16 +14,20 @@ from collections.abc import Callable
 from fnmatch import fnmatch
 from typing import Any
 
+from polyfuse.objectives.autoencoder import AutoencoderObjective
 from polyfuse.objectives.base import Objective, ObjectiveContext
 from polyfuse.objectives.contrastive import ContrastiveObjective
 from polyfuse.objectives.matching import MatchingObjective
 from polyfuse.objectives.supervised import SupervisedObjective
+from polyfuse.objectives.vae import VAEObjective
 
 # name -> constructor(context, **options); one line per objective
 OBJECTIVES: dict[str, Callable[..., Objective]] = {
     "contrastive": ContrastiveObjective,
     "matching": MatchingObjective,
     "supervised": SupervisedObjective,
+    "autoencoder": AutoencoderObjective,
+    "vae": VAEObjective,
 }
 
 
@@ -52,11 +56,13 @@ def create_objective(name: str, context: ObjectiveContext, **options: Any) -> Ob
 
 __all__ = [
     "OBJECTIVES",
+    "AutoencoderObjective",
     "ContrastiveObjective",
     "MatchingObjective",
     "Objective",
     "ObjectiveContext",
     "SupervisedObjective",
+    "VAEObjective",
     "create_objective",
     "list_objectives",
 ]

@@ -34,6 +34,9 @@ class ObjectiveContext:
     fused_dim: int  # width of the fused vector (B, D)
     targets: dict[str, TargetSpec]  # label columns of the table (data.targets), fitted on train
     config: RunConfig
+    # the fitted preprocessing (sizes of what decoders rebuild: columns, vocabularies, audio settings);
+    # None where an objective is built on dummy sizes to check its options
+    preprocessor: Preprocessor | None = None
 
 
 class Objective(Protocol):
@@ -41,7 +44,8 @@ class Objective(Protocol):
 
     needs_fusion:   True when `losses` / `infer` read `output.fused`; the model builds a fusion only if
                     some objective needs one.
-    capabilities:   Predictor calls it enables: "predict", "embed", "search", "zero_shot", "consistency".
+    capabilities:   Predictor calls it enables: "predict", "embed", "search", "zero_shot", "consistency",
+                    "generate", "anomaly".
     losses:         named scalar losses; the key "loss" is this objective's total (logged as
                     "<name>_loss" and weighted into the run's "loss"), other keys are logged as they are.
     step_metrics:   cheap per-batch validation metrics (logged as val_<key>, averaged over batches).
@@ -49,6 +53,9 @@ class Objective(Protocol):
     eval_rows:      per-row tensors for scoring a split; concatenated over batches and given to `score`.
     score:          metrics for a split from the concatenated `eval_rows`: {section: {metric: value}}.
     fit_data:       called once before training with the training rows (e.g. class weights).
+
+    Optional: `calibrate(rows)`, called once after training with the `eval_rows` of the validation split
+    (e.g. an anomaly threshold at a chosen false-alarm rate, kept in a buffer so it is saved with the model).
     """
 
     name: ClassVar[str]

@@ -162,6 +162,10 @@ class SupervisedObjective(nn.Module):
             if config.head(t).class_weights == "balanced" and spec.task != "regression"
         ]
         self.class_weights: dict[str, Tensor | None] = {}  # set by fit_data; not part of the state
+        # Temperature per classification target (logits / T in `infer`), from the model directory's
+        # calibration.json (polyfuse calibrate); not part of the weights, so scoring (`eval_rows`) and
+        # training always see the raw logits.
+        self.temperatures: dict[str, float] = {}
 
     def logits(self, output: ModelOutput) -> dict[str, Tensor]:
         """target → (B, C) / (B, L) logits or (B,) standardised regression values."""
@@ -200,7 +204,8 @@ class SupervisedObjective(nn.Module):
         }
 
     def infer(self, output: ModelOutput) -> dict[str, Tensor]:
-        return self.logits(output)
+        logits = self.logits(output)
+        return {t: v / self.temperatures[t] if t in self.temperatures else v for t, v in logits.items()}
 
     def eval_rows(self, output: ModelOutput, batch: Batch) -> dict[str, Tensor]:
         rows = {f"logits/{t}": v for t, v in self.logits(output).items()}

@@ -2,7 +2,8 @@
 access log), and the lifespan that loads the model once and starts the micro-batcher.
 
 Adding an inference endpoint is one call to `add_inference_route` with a function that turns a request's
-`RequestOutputs` into its answer rows (see how /v1/predict is added in `create_app`).
+`RequestOutputs` into its answer rows (see how /v1/predict is added in `create_app`, and the alignment
+endpoints in `polyfuse.serve.alignment`).
 """
 
 from __future__ import annotations
@@ -24,7 +25,7 @@ from fastapi.exceptions import RequestValidationError
 from fastapi.openapi.utils import get_openapi
 from fastapi.responses import HTMLResponse, JSONResponse, Response
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
-from pydantic import BaseModel
+from pydantic import BaseModel, ValidationError
 from starlette.datastructures import UploadFile
 from starlette.exceptions import HTTPException as StarletteHTTPException
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
@@ -50,9 +51,12 @@ OPEN_PATHS = frozenset({"/", "/healthz", "/readyz"})  # no key needed: liveness,
 KNOWN_ROUTES = frozenset({"/", "/healthz", "/readyz", "/metrics", "/v1/model", "/openapi.json", "/docs"})
 PLAYGROUND = Path(__file__).parent / "static" / "playground.html"
 
-Formatter = Callable[[Engine, RequestOutputs], list[dict[str, Any]]]
+# (engine, one request's outputs, its validated query parameters or None) → its answer rows
+Formatter = Callable[[Engine, RequestOutputs, Any], list[dict[str, Any]]]
+# rows and query parameters checked before the rows are decoded (raise ApiError to refuse the request)
+RowsCheck = Callable[[Engine, list[Row], Any], None]
 # what the batching thread runs per request: its samples and how to turn its outputs into answer rows
-Job = tuple[list[Sample], Formatter]
+Job = tuple[list[Sample], Callable[[Engine, RequestOutputs], list[dict[str, Any]]]]
 
 
 @dataclass
@@ -230,13 +234,25 @@ async def _read_rows(request: Request, state: ServerState, engine: Engine) -> by
 
 
 def add_inference_route(
-    app: FastAPI, path: str, name: str, formatter: Formatter, answer_model: type[BaseModel], summary: str
+    app: FastAPI,
+    path: str,
+    name: str,
+    formatter: Formatter,
+    answer_model: type[BaseModel],
+    summary: str,
+    *,
+    parameters: type[BaseModel] | None = None,
+    check_rows: RowsCheck | None = None,
 ) -> None:
-    """POST `path`: rows in (JSON or multipart), `formatter`'s answer rows out, through the batcher."""
+    """POST `path`: rows in (JSON or multipart), `formatter`'s answer rows out, through the batcher.
+
+    `parameters`: a model of the route's query parameters (e.g. `?k=5`), validated before the body is read
+    (422 naming the parameter); `check_rows` sees the rows and parameters before any cell is decoded."""
     state: ServerState = app.state.polyfuse
     state.inference_routes.add(path)
 
     async def endpoint(request: Request) -> Response:
+        options = _query_parameters(request, parameters)
         if not state.ready or state.engine is None or state.batcher is None:
             raise ApiError(503, "not_ready", "the model is not loaded yet", headers={"Retry-After": "1"})
         engine, batcher = state.engine, state.batcher
@@ -257,13 +273,23 @@ def add_inference_route(
             )
             samples = await asyncio.wait_for(
                 anyio.to_thread.run_sync(
-                    _encode, engine, state, rows, abandon_on_cancel=True, limiter=state.encode_limiter
+                    _encode,
+                    engine,
+                    state,
+                    rows,
+                    lambda rows_: check_rows(engine, rows_, options) if check_rows else None,
+                    abandon_on_cancel=True,
+                    limiter=state.encode_limiter,
                 ),
                 deadline - time.monotonic(),
             )
             request.scope["state"]["rows"] = len(samples)
             state.metrics.queue_depth.set(batcher.queue_depth + 1)
-            answers = await batcher.submit((samples, formatter), len(samples), deadline - time.monotonic())
+
+            def answer(engine_: Engine, outputs: RequestOutputs) -> list[dict[str, Any]]:
+                return formatter(engine_, outputs, options)
+
+            answers = await batcher.submit((samples, answer), len(samples), deadline - time.monotonic())
         except TimeoutError:
             state.metrics.rejected.labels("timeout").inc()
             raise ApiError(
@@ -280,7 +306,10 @@ def add_inference_route(
         methods=["POST"],
         summary=summary,
         response_model=answer_model,
-        openapi_extra={"requestBody": _request_body_schema(state)},
+        openapi_extra={
+            "requestBody": _request_body_schema(state),
+            "parameters": _query_parameters_schema(parameters),
+        },
         responses={
             401: {"description": "no API key"},
             403: {"description": "wrong API key"},
@@ -293,11 +322,59 @@ def add_inference_route(
     )
 
 
-def _encode(engine: Engine, state: ServerState, rows: bytes | list[Row]) -> list[Sample]:
+def add_unsupported_route(app: FastAPI, path: str, reason: str) -> None:
+    """POST `path` on a model that cannot serve it: 404 saying why and what to do (not in the schema)."""
+    state: ServerState = app.state.polyfuse
+    state.inference_routes.add(path)
+
+    async def unsupported(request: Request) -> Response:
+        raise ApiError(404, "not_supported", reason)
+
+    app.add_api_route(path, unsupported, methods=["POST"], include_in_schema=False)
+
+
+def _query_parameters(request: Request, parameters: type[BaseModel] | None) -> Any:
+    given = dict(request.query_params)
+    if parameters is None:
+        if given:
+            names = [name[:50] for name in sorted(given)[:5]]
+            raise ApiError(422, "invalid", f"this route takes no query parameters, got {names}")
+        return None
+    try:
+        return parameters.model_validate(given)
+    except ValidationError as e:
+        problems = [
+            {
+                "field": ".".join(str(p) for p in item["loc"]) or "query",
+                "kind": "invalid",
+                "message": item["msg"],
+            }
+            for item in e.errors(include_url=False, include_input=False)
+        ]
+        raise ApiError(
+            422, "invalid", f"query parameter '{problems[0]['field']}': {problems[0]['message']}", problems
+        ) from None
+
+
+def _query_parameters_schema(parameters: type[BaseModel] | None) -> list[dict[str, Any]]:
+    if parameters is None:
+        return []
+    schema = parameters.model_json_schema()
+    required = set(schema.get("required", []))
+    return [
+        {"name": name, "in": "query", "required": name in required, "schema": field_schema}
+        for name, field_schema in schema.get("properties", {}).items()
+    ]
+
+
+def _encode(
+    engine: Engine, state: ServerState, rows: bytes | list[Row], check: Callable[[list[Row]], None]
+) -> list[Sample]:
     """Body → samples, on a worker thread: JSON parsing, validation, decoding and the limits."""
     if isinstance(rows, bytes):
         assert state.request_model is not None
         rows = rows_from_json(parse_json(rows), state.request_model, state.settings.limits)
+    check(rows)
     try:
         return engine.encode(rows)
     except DataError as e:
@@ -320,7 +397,7 @@ def _request_body_schema(state: ServerState) -> dict[str, Any]:
     }
 
 
-def predictions(engine: Engine, outputs: RequestOutputs) -> list[dict[str, Any]]:
+def predictions(engine: Engine, outputs: RequestOutputs, _: Any) -> list[dict[str, Any]]:
     return engine.predictions(outputs)
 
 
@@ -387,14 +464,20 @@ def create_app(
     app.add_middleware(Gate, state=state)
     _install_error_handlers(app)
     _add_service_routes(app, state)
-    add_inference_route(
-        app,
-        "/v1/predict",
-        "predictions",
-        predictions,
-        response_model(state.engine.specs),
-        "Labels and class probabilities for one or many rows",
-    )
+    if state.engine.specs:
+        add_inference_route(
+            app,
+            "/v1/predict",
+            "predictions",
+            predictions,
+            response_model(state.engine.specs),
+            "Labels and class probabilities for one or many rows",
+        )
+    else:
+        add_unsupported_route(app, "/v1/predict", state.engine.missing("predict"))
+    from polyfuse.serve.alignment import add_alignment_routes  # it builds on this module's functions
+
+    add_alignment_routes(app, state.engine, settings.index_dir)
     _install_openapi(app, state)
     return app
 
@@ -423,7 +506,8 @@ def _add_service_routes(app: FastAPI, state: ServerState) -> None:
 
     @app.get("/", summary="Playground page", response_class=HTMLResponse, include_in_schema=False)
     async def playground() -> HTMLResponse:
-        return HTMLResponse(PLAYGROUND.read_text(encoding="utf-8"))
+        page = PLAYGROUND.read_text(encoding="utf-8")
+        return HTMLResponse(page.replace("{{AUTH}}", "required" if state.keys.enabled else "none"))
 
 
 def _install_error_handlers(app: FastAPI) -> None:

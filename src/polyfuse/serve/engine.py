@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import json
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -21,7 +21,7 @@ from polyfuse.data.preprocess import PreprocessingConfig, Preprocessor, Sample
 from polyfuse.data.schema import Modality
 from polyfuse.evaluation.evaluate import collect
 from polyfuse.models.model import ModelOutput
-from polyfuse.predict import Predictor
+from polyfuse.predict import Predictor, row_embedding
 from polyfuse.serve.settings import Limits
 
 Row = dict[str, Any]
@@ -34,11 +34,14 @@ class RequestOutputs:
     logits:     target → (n, C) supervised head outputs (regression: (n,) standardised); empty when the
                 model has no supervised objective
     outputs:    "<objective>:<name>" → (n, ...) every objective's per-row outputs (Objective.infer), e.g.
-                "contrastive:embedding/image", "matching:consistency"
+                "contrastive:embedding/image", "matching:consistency"; for a model that can embed, also
+                "embedding" (n, E): the row's vector as `Predictor.embed(rows)` gives it
+    present:    input → (n,) bool, False where the row lacks that input
     """
 
     logits: dict[str, Tensor]
     outputs: dict[str, Tensor]
+    present: dict[str, Tensor] = field(default_factory=dict)
 
 
 def tightened(config: PreprocessingConfig, limits: Limits) -> PreprocessingConfig:
@@ -129,12 +132,18 @@ class Engine:
         batches = (collate(merged[i : i + size]) for i in range(0, len(merged), size))
         model = self.predictor.model
 
+        aligned = self.predictor._aligned()
+
         def every_output(output: ModelOutput, _: Batch) -> dict[str, Tensor]:
-            return {
+            found = {
                 f"{name}:{key}": value
                 for name in model.objectives
                 for key, value in model.objective(name).infer(output).items()
             }
+            found.update({f"present:{n}": p for n, p in output.present.items()})
+            if aligned is not None:
+                found["embedding"] = row_embedding(model, aligned, output)
+            return found
 
         found = collect(model, batches, every_output)
         out, start = [], 0
@@ -142,9 +151,22 @@ class Engine:
             stop = start + len(samples)
             mine = {k: v[start:stop] for k, v in found.items()}
             logits = {k.split(":", 1)[1]: v for k, v in mine.items() if k.startswith("supervised:")}
-            out.append(RequestOutputs(logits, mine))
+            present = {k.split(":", 1)[1]: mine.pop(k) for k in list(mine) if k.startswith("present:")}
+            out.append(RequestOutputs(logits, mine, present))
             start = stop
         return out
+
+    def can(self, capability: str) -> bool:
+        """Whether one of the model's objectives makes `capability` ("predict", "embed", ...) possible."""
+        return bool(self.predictor.model.objectives_for(capability))
+
+    def missing(self, capability: str) -> str:
+        """Why the model cannot do `capability`, and which objective would let it."""
+        try:
+            self.predictor._require(capability)
+        except DataError as e:
+            return e.problems[0].message
+        return ""
 
     def warm_up(self) -> None:
         """One forward pass on a row with every input missing, so the first real request is not slow."""

@@ -73,6 +73,7 @@ class JsonFormatter(logging.Formatter):
             + f".{int(record.msecs):03d}Z",
             "level": record.levelname.lower(),
             "message": record.getMessage(),
+            "pid": record.process,  # which worker (--workers N) wrote the line
         }
         fields = getattr(record, "fields", None)
         if isinstance(fields, dict):

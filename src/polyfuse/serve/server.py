@@ -83,6 +83,7 @@ def serve(model_dir: Path | str, settings: ServeSettings) -> None:
 def app_from_environment() -> FastAPI:
     """The app a worker process builds (uvicorn --workers imports this factory in every worker)."""
     settings = ServeSettings.model_validate_json(os.environ[_ENV_SETTINGS])
+    configure_logging()  # a worker is a fresh (spawned) process: its JSON log handler is not inherited
     logging.getLogger(LOGGER).info(
         "worker starting", extra={"fields": {"event": "worker", "pid": os.getpid()}}
     )

@@ -7,6 +7,8 @@ model's own preprocessing limits: the tighter of the two wins.
 
 from __future__ import annotations
 
+from pathlib import Path
+
 from pydantic import BaseModel, ConfigDict, Field, field_validator
 
 from polyfuse.data.modalities.image import ALL_IMAGE_FORMATS
@@ -59,3 +61,4 @@ class ServeSettings(BaseModel):
     api_key_hashes: list[str] = Field(default_factory=list)
     insecure_no_auth: bool = False  # allow a non-loopback address without keys (behind your own gateway)
     shutdown_timeout_s: float = Field(default=30.0, gt=0)  # SIGTERM: in-flight requests get this long
+    index_dir: Path | None = None  # an index built by `polyfuse index build` with this model: /v1/search

@@ -33,7 +33,7 @@ from polyfuse.data.errors import DataError
 from polyfuse.data.prepare import PreparedData, effective_split, prepare_data
 from polyfuse.data.preprocess import Preprocessor
 from polyfuse.data.splits import empty_split_problems
-from polyfuse.evaluation.evaluate import score_objectives
+from polyfuse.evaluation.evaluate import calibrate_objectives, score_objectives
 from polyfuse.init_config import check_config
 from polyfuse.models.model import (
     MultimodalModel,
@@ -245,6 +245,10 @@ def train(
     if best.exists():
         module.load_state_dict(torch.load(best, map_location="cpu", weights_only=True)["state_dict"])
     model = module.model.cpu().eval()
+    if val_loader is not None:
+        calibrated = calibrate_objectives(model, val_loader)
+        if calibrated:
+            log(f"calibrated on the validation split: {', '.join(calibrated)}")
     metrics = evaluate_splits(model, prepared, preprocessor, training.batch_size)
     metrics["training"] = {
         "epochs": int(trainer.current_epoch),

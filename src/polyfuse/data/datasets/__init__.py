@@ -10,9 +10,18 @@ import os
 from pathlib import Path
 
 from polyfuse.data.datasets.avdigits import build_av_digits, locate_sources, read_idx
+from polyfuse.data.datasets.complementary import build_digit_questions, build_spoken_vs_written
 from polyfuse.data.datasets.synthetic import make_synthetic_table
 
-__all__ = ["build_av_digits", "default_data_dir", "locate_sources", "make_synthetic_table", "read_idx"]
+__all__ = [
+    "build_av_digits",
+    "build_digit_questions",
+    "build_spoken_vs_written",
+    "default_data_dir",
+    "locate_sources",
+    "make_synthetic_table",
+    "read_idx",
+]
 
 
 def default_data_dir() -> Path:

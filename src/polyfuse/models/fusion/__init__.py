@@ -19,6 +19,7 @@ from torch import Tensor, nn
 
 from polyfuse.models.fusion.concat import ConcatFusion
 from polyfuse.models.fusion.cross_attention import CrossAttentionFusion
+from polyfuse.models.fusion.film import FiLMFusion
 from polyfuse.models.fusion.gated import GatedFusion
 from polyfuse.models.fusion.lowrank import LowRankFusion
 from polyfuse.models.fusion.missing import MissingModalityEmbedding, modality_dropout
@@ -51,6 +52,7 @@ class Fusion(Protocol):
 FUSIONS: dict[str, Callable[..., Fusion]] = {
     "concat": ConcatFusion,
     "cross_attention": CrossAttentionFusion,
+    "film": FiLMFusion,
     "gated": GatedFusion,
     "lowrank": LowRankFusion,
     "tensor": TensorFusion,
@@ -81,6 +83,7 @@ def create_fusion(name: str, input_dims: dict[str, int], output_dim: int, **kwar
 __all__ = [
     "ConcatFusion",
     "CrossAttentionFusion",
+    "FiLMFusion",
     "Fusion",
     "GatedFusion",
     "LowRankFusion",

@@ -1,0 +1,170 @@
+"""A multimodal VAE: per-input Gaussian posteriors, a joint posterior (PoE / MoE / MoPoE), decoders.
+
+Each input's pooled encoder output gives a Gaussian q(z | x_m) = N(μ_m, σ_m²). The joint posterior of a
+row is built from its present inputs only (`models.latent`): `poe` (MVAE), `moe` (MMVAE) or `mopoe`
+(MoPoE-VAE). The loss is the negative ELBO over the row's present inputs,
+
+    −ELBO = mean over the joint's components k valid for the row of
+            [ Σ_m∈present λ_m · (−log p(x_m | z_k)) + β · KL(q_k(z | x) || N(0, I)) ],   z_k ~ q_k
+
+(for a mixture, the average of its components' ELBOs is a lower bound on its ELBO; for `poe`, MVAE's
+recipe adds each present input's own ELBO to the joint one, which is what lets it generate from one
+input). β rises linearly from 0 to `beta` over `kl_warmup_steps` training steps (KL annealing), then stays.
+The deterministic anomaly score of a row is its −ELBO at the posterior means with β = 1.
+"""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING, ClassVar, Literal
+
+import torch
+from torch import Tensor, nn
+
+from polyfuse.models.latent import Gaussian, components, joint_posterior, sample_mixture, subset_posterior
+from polyfuse.objectives.base import ObjectiveContext
+from polyfuse.objectives.reconstruction import ReconstructionBase
+
+if TYPE_CHECKING:
+    from polyfuse.data.batch import Batch
+    from polyfuse.models.model import ModelOutput
+
+MAX_LOGVAR = 8.0  # posterior log-variances are clamped to ±this: exp() stays finite early in training
+
+
+class VAEObjective(ReconstructionBase):
+    """Options:
+    inputs:              inputs with a posterior (default: all); text conditions but is not rebuilt
+    latent_dim:          size of z
+    joint:               "poe", "moe" or "mopoe": how the present inputs' posteriors combine
+    unimodal_elbos:      poe only: add each present input's own ELBO (MVAE); needed to generate from one input
+    beta:                weight of the KL term after warm-up
+    kl_warmup_steps:     training steps over which β rises linearly from 0 (0: β from the start)
+    likelihood_weights:  λ per decoded input (default: balanced, see `objectives.reconstruction`)
+    false_alarm_rate:    share of validation rows above the anomaly threshold
+    audio_frames:        frames an audio decoder rebuilds (default: audio.max_seconds' worth, at most 512)
+    """
+
+    name: ClassVar[str] = "vae"
+    needs_fusion: ClassVar[bool] = False
+    capabilities: ClassVar[tuple[str, ...]] = ("generate", "anomaly")
+    steps: Tensor  # () long buffer: training steps taken (drives the KL warm-up, saved with the model)
+
+    def __init__(
+        self,
+        context: ObjectiveContext,
+        *,
+        inputs: list[str] | None = None,
+        latent_dim: int = 32,
+        joint: Literal["poe", "moe", "mopoe"] = "mopoe",
+        unimodal_elbos: bool = True,
+        beta: float = 1.0,
+        kl_warmup_steps: int = 500,
+        likelihood_weights: dict[str, float] | None = None,
+        false_alarm_rate: float = 0.01,
+        audio_frames: int | None = None,
+    ) -> None:
+        super().__init__()
+        if joint not in ("poe", "moe", "mopoe"):
+            raise ValueError(f"vae: joint must be 'poe', 'moe' or 'mopoe', got {joint!r}")
+        if not beta >= 0:
+            raise ValueError(f"vae: beta must be >= 0, got {beta}")
+        if kl_warmup_steps < 0:
+            raise ValueError(f"vae: kl_warmup_steps must be >= 0, got {kl_warmup_steps}")
+        self._setup(context, inputs, latent_dim, likelihood_weights, false_alarm_rate, audio_frames, True)
+        self.joint = joint
+        self.beta = beta
+        self.kl_warmup_steps = kl_warmup_steps
+        self.components = components(joint, len(self.inputs), unimodal_elbos)
+        self.posteriors = nn.ModuleDict(
+            {self.keys[n]: nn.Linear(context.input_dims[n], 2 * latent_dim) for n in self.inputs}
+        )
+        self.register_buffer("steps", torch.zeros((), dtype=torch.long))
+
+    def experts(self, output: ModelOutput) -> list[Gaussian]:
+        """q(z | x_m) per input, in `self.inputs` order (rows lacking it hold junk; masks say which)."""
+        experts = []
+        for n in self.inputs:
+            mean, logvar = self.posteriors[self.keys[n]](output.features[n].pooled).chunk(2, dim=-1)
+            experts.append(Gaussian(mean, logvar.clamp(-MAX_LOGVAR, MAX_LOGVAR)))
+        return experts
+
+    def current_beta(self) -> float:
+        if self.kl_warmup_steps == 0:
+            return self.beta
+        return self.beta * min(1.0, float(self.steps) / self.kl_warmup_steps)
+
+    def _elbo_terms(
+        self,
+        output: ModelOutput,
+        batch: Batch,
+        present: dict[str, Tensor],
+        temperature: float,
+    ) -> tuple[Tensor, Tensor, Tensor]:
+        """Per row, averaged over the valid components: weighted NLL (B,), KL (B,), and whether the row
+        had any valid component (B,) bool."""
+        experts = self.experts(output)
+        masks = [present[n] for n in self.inputs]
+        nll_sum = torch.zeros_like(masks[0], dtype=experts[0].mean.dtype)
+        kl_sum, count = torch.zeros_like(nll_sum), torch.zeros_like(nll_sum)
+        for subset in self.components:
+            posterior, valid = subset_posterior(self.joint, experts, masks, subset)
+            z = posterior.sample(temperature)
+            nll = self.weighted({n: self._nll(n, z, batch, present) for n in self.decoded})
+            kl = posterior.kl_to_standard_normal()
+            nll_sum = nll_sum + torch.where(valid, nll, 0.0)
+            kl_sum = kl_sum + torch.where(valid, kl, 0.0)
+            count = count + valid.float()
+        has_any = count > 0
+        return nll_sum / count.clamp(min=1.0), kl_sum / count.clamp(min=1.0), has_any
+
+    def _nll(self, name: str, z: Tensor, batch: Batch, present: dict[str, Tensor]) -> Tensor:
+        values = batch.inputs[name]
+        if not bool(present[name].any()):
+            return z.sum(-1) * 0.0
+        nll = self.decoder(name).nll(self.decoder(name)(z), values)
+        return torch.where(present[name], nll, 0.0)
+
+    def losses(self, output: ModelOutput, batch: Batch) -> dict[str, Tensor]:
+        nll, kl, has_any = self._elbo_terms(output, batch, output.present, temperature=1.0)
+        # validation scores the true −ELBO (β at its final value): a loss that rose with the warm-up would
+        # stop training early and pick the first epoch as the best
+        beta = self.current_beta() if self.training else self.beta
+        if self.training:
+            self.steps += 1
+        rows = has_any.float()
+        n = rows.sum().clamp(min=1.0)
+        mean_nll, mean_kl = (nll * rows).sum() / n, (kl * rows).sum() / n
+        return {
+            "loss": (mean_nll + beta * mean_kl) / self.normaliser,
+            "vae_nll": mean_nll.detach(),
+            "vae_kl": mean_kl.detach(),
+            "vae_beta": torch.tensor(beta),
+        }
+
+    def row_loss(self, output: ModelOutput, batch: Batch, present: dict[str, Tensor]) -> Tensor:
+        nll, kl, _ = self._elbo_terms(output, batch, present, temperature=0.0)
+        return (nll + kl) / self.normaliser
+
+    def reconstruct(self, output: ModelOutput, present: dict[str, Tensor]) -> dict[str, Tensor]:
+        """From the joint posterior's mean (a mixture: its valid components' means, averaged)."""
+        parts, weights = joint_posterior(self.joint, self.experts(output), [present[n] for n in self.inputs])
+        z = (torch.stack([p.mean for p in parts], 1) * weights[..., None]).sum(1)  # (B, Z)
+        return {n: self.decoder(n)(z) for n in self.decoded}
+
+    def latent(
+        self, output: ModelOutput | None, n: int, temperature: float, generator: torch.Generator | None
+    ) -> Tensor:
+        if output is None:
+            device = self.anomaly_threshold.device
+            return temperature * torch.randn((n, self.latent_dim), generator=generator, device=device)
+        parts, weights = joint_posterior(
+            self.joint, self.experts(output), [output.present[m] for m in self.inputs]
+        )
+        return sample_mixture(parts, weights, temperature, generator)
+
+    def infer(self, output: ModelOutput) -> dict[str, Tensor]:
+        """The joint posterior's mean (B, Z) (a mixture: its components' means, averaged)."""
+        parts, weights = joint_posterior(
+            self.joint, self.experts(output), [output.present[n] for n in self.inputs]
+        )
+        return {"latent": (torch.stack([p.mean for p in parts], 1) * weights[..., None]).sum(1)}

@@ -1,0 +1,159 @@
+"""The autoencoder and vae objectives on one real batch of the synthetic table (no training loop): losses,
+the KL term, missing inputs, anomaly calibration, generation back to images / sound, Griffin-Lim."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pytest
+import torch
+
+from polyfuse.data.dataset import MultimodalDataset, make_collate
+from polyfuse.data.modalities.audio import AudioConfig, audio_features
+from polyfuse.data.modalities.audio_inverse import feature_levels, features_to_waveform
+from polyfuse.data.prepare import prepare_data
+from polyfuse.generation import to_media
+from polyfuse.models.model import MultimodalModel, build_model
+from polyfuse.objectives.reconstruction import ReconstructionBase
+
+
+def _model(
+    synthetic_table: Path, small_config: Any, tmp_path: Path, objective: str
+) -> tuple[MultimodalModel, Any, Any]:
+    config = small_config(synthetic_table, tmp_path / "config.yaml", targets=(), objectives=(objective,))
+    prepared = prepare_data(config.data, show_progress=False)
+    model = build_model(config, prepared.preprocessor)
+    train = prepared.split("train")
+    dataset = MultimodalDataset(train, prepared.preprocessor, with_targets=False)
+    batch = make_collate(prepared.preprocessor)([dataset[i] for i in range(12)])
+    model.objective(objective).fit_data(train, prepared.preprocessor)
+    return model, batch, prepared.preprocessor
+
+
+@pytest.fixture(scope="module")
+def vae(
+    synthetic_table: Path, small_config: Any, tmp_path_factory: pytest.TempPathFactory
+) -> tuple[MultimodalModel, Any, Any]:
+    return _model(synthetic_table, small_config, tmp_path_factory.mktemp("vae"), "vae")
+
+
+def test_vae_loss_has_a_non_zero_kl_and_trains_every_part(vae: tuple[MultimodalModel, Any, Any]) -> None:
+    model, batch, _ = vae
+    objective: Any = model.objective("vae")
+    assert objective.decoded == ["audio", "category", "image", "numeric"]  # text conditions only
+    model.train()
+    objective.steps.fill_(objective.kl_warmup_steps)  # past the warm-up: β = 1
+    losses = model.losses(model(batch), batch)
+    assert losses["vae_kl"].item() > 0.01  # MultiBench's MVAE silently had a KL of 0
+    assert torch.isfinite(losses["loss"])
+    losses["loss"].backward()
+    for name in ("posteriors.image.weight", "decoders.audio.out.weight", "decoders.image.log_scale"):
+        grad = dict(objective.named_parameters())[name].grad
+        assert grad is not None and grad.abs().sum() > 0, name
+    model.zero_grad()
+
+
+def test_kl_warm_up_raises_beta_linearly(vae: tuple[MultimodalModel, Any, Any]) -> None:
+    objective: Any = vae[0].objective("vae")
+    objective.steps.fill_(0)
+    assert objective.current_beta() == 0.0
+    warmup = objective.kl_warmup_steps  # init sizes it to the table (a quarter of the run), odd or even
+    assert warmup >= 3
+    for steps in (warmup // 3, warmup // 2, warmup - 1):
+        objective.steps.fill_(steps)
+        assert objective.current_beta() == pytest.approx(objective.beta * steps / warmup)
+    objective.steps.fill_(10 * warmup)
+    assert objective.current_beta() == objective.beta == 1.0
+
+
+def test_a_missing_input_leaves_the_elbo_and_only_that_term(vae: tuple[MultimodalModel, Any, Any]) -> None:
+    model, batch, _ = vae
+    objective: Any = model.objective("vae")
+    model.eval()
+    with torch.no_grad():
+        output = model(batch)
+        full = objective.row_loss(output, batch, output.present)
+        without_image = dict(output.present, image=torch.zeros_like(output.present["image"]))
+        dropped = objective.row_loss(output, batch, without_image)
+        # image values are then neither encoded nor scored: garbage there changes nothing
+        saved = batch.inputs["image"].values.clone()
+        batch.inputs["image"].values.normal_()
+        garbage = objective.row_loss(model(batch), batch, without_image)
+        batch.inputs["image"].values.copy_(saved)
+    had_image = output.present["image"]
+    assert not torch.allclose(full[had_image], dropped[had_image])
+    assert torch.allclose(dropped, garbage)
+
+
+def test_calibration_flags_the_chosen_share_of_validation_rows(vae: tuple[MultimodalModel, Any, Any]) -> None:
+    model, batch, _ = vae
+    objective: ReconstructionBase = model.objective("vae")  # type: ignore[assignment]
+    model.eval()
+    with torch.no_grad():
+        rows = objective.eval_rows(model(batch), batch)
+    objective.false_alarm_rate = 0.25
+    objective.calibrate(rows)
+    scores = rows["anomaly_score"]
+    assert float(objective.anomaly_threshold) == pytest.approx(float(torch.quantile(scores.double(), 0.75)))
+    with torch.no_grad():
+        flags = objective.anomaly_rows(model(batch), batch)["anomaly"]
+    assert flags.sum().item() == 3  # 12 rows, 25 %
+    metrics = objective.score(rows)["vae"]
+    assert {"image_mse", "audio_mse", "image_mse_from_others", "numeric_mse", "category_error_rate"} <= set(
+        metrics
+    )
+
+
+def test_generation_gives_images_and_sound(vae: tuple[MultimodalModel, Any, Any]) -> None:
+    model, _, preprocessor = vae
+    objective: Any = model.objective("vae")
+    model.eval()
+    generator = torch.Generator().manual_seed(0)
+    with torch.no_grad():
+        images = to_media(
+            objective, "image", objective.generate(None, "image", 3, 1.0, generator), preprocessor
+        )
+        clips = to_media(
+            objective, "audio", objective.generate(None, "audio", 2, 1.0, generator), preprocessor
+        )
+        numbers = to_media(
+            objective, "numeric", objective.generate(None, "numeric", 1, 1.0, generator), preprocessor
+        )
+    size = preprocessor.state.config.image.size
+    assert len(images) == 3 and images[0].size == (size[1], size[0])
+    assert len(clips) == 2 and clips[0].dtype == np.float32 and clips[0].ndim == 1 and len(clips[0]) > 0
+    assert set(numbers[0]) == set(preprocessor.numeric_columns)
+
+
+def test_autoencoder_loss_is_the_weighted_squared_error(
+    synthetic_table: Path, small_config: Any, tmp_path: Path
+) -> None:
+    model, batch, _ = _model(synthetic_table, small_config, tmp_path, "autoencoder")
+    objective: Any = model.objective("autoencoder")
+    model.eval()
+    with torch.no_grad():
+        output = model(batch)
+        z = objective.code(output.fused)
+        image = objective.decoder("image")
+        expected = ((image(z) - batch.inputs["image"].values) ** 2).sum((1, 2, 3))
+        got = image.distortion(image(z), batch.inputs["image"])
+        losses = model.losses(output, batch)
+    present = batch.inputs["image"].present
+    assert torch.allclose(got[present], expected[present])
+    assert losses["loss"].item() > 0
+    with pytest.raises(ValueError, match="no prior"):
+        objective.generate(None, "image", 2)
+
+
+def test_griffin_lim_brings_back_a_tone_at_its_pitch() -> None:
+    cfg = AudioConfig(sample_rate=8000, n_fft=256, win_length=200, hop_length=80, n_mels=40)
+    t = np.arange(8000) / 8000
+    tone = (0.5 * np.sin(2 * np.pi * 1000 * t)).astype(np.float32)
+    levels = feature_levels([tone], cfg)
+    wave = features_to_waveform(audio_features(tone, cfg), cfg, levels)
+    spectrum = np.abs(np.fft.rfft(wave))
+    peak_hz = np.argmax(spectrum) * 8000 / len(wave)
+    assert abs(peak_hz - 1000) < 60  # mel bands near 1 kHz are ~60 Hz wide at this resolution
+    assert np.abs(wave).max() == pytest.approx(0.9, abs=1e-4)

@@ -1,0 +1,84 @@
+"""The joint posteriors of the multimodal VAE on fixed tensors: golden numbers worked out by hand."""
+
+from __future__ import annotations
+
+import math
+
+import pytest
+import torch
+
+from polyfuse.models.latent import (
+    Gaussian,
+    components,
+    joint_posterior,
+    product_of_experts,
+    subset_posterior,
+)
+
+
+def experts() -> tuple[list[Gaussian], list[torch.Tensor]]:
+    """Two rows, two inputs, Z = 1. Input a: mean 2, variance 1; input b: mean −1, variance 1/3 (precision 3).
+    Row 0 has both inputs; row 1 lacks b (its b values are junk, even NaN, and must not leak)."""
+    a = Gaussian(torch.tensor([[2.0], [2.0]]), torch.zeros(2, 1))
+    b = Gaussian(torch.tensor([[-1.0], [float("nan")]]), torch.tensor([[math.log(1 / 3)], [float("nan")]]))
+    present = [torch.tensor([True, True]), torch.tensor([True, False])]
+    return [a, b], present
+
+
+def test_product_of_experts_with_prior_matches_hand_computation() -> None:
+    parts, present = experts()
+    joint = product_of_experts(parts, present, prior=True)
+    # row 0: precision 1 (prior) + 1 + 3 = 5; mean (0·1 + 2·1 + (−1)·3) / 5 = −0.2
+    # row 1: b dropped → precision 1 + 1 = 2; mean 2 / 2 = 1
+    assert joint.mean[:, 0].tolist() == pytest.approx([-0.2, 1.0])
+    assert joint.logvar.exp()[:, 0].tolist() == pytest.approx([0.2, 0.5])
+
+
+def test_dropping_an_input_changes_poe_exactly_as_the_rule_says() -> None:
+    parts, present = experts()
+    both = product_of_experts(parts, present, prior=True)
+    only_a = product_of_experts(parts, [present[0], torch.tensor([False, False])], prior=True)
+    # with b gone, row 0 is row 1: N(1, 1/2); the precision lost is exactly b's precision, 3
+    assert only_a.mean[0, 0].item() == pytest.approx(1.0)
+    assert (1 / both.logvar.exp()[0, 0] - 1 / only_a.logvar.exp()[0, 0]).item() == pytest.approx(3.0)
+
+
+def test_no_input_present_gives_the_prior_under_poe() -> None:
+    parts, _ = experts()
+    none = [torch.tensor([False, False])] * 2
+    joint = product_of_experts(parts, none, prior=True)
+    assert joint.mean.abs().max().item() == 0.0 and joint.logvar.abs().max().item() == 0.0
+
+
+def test_moe_mixes_only_present_inputs_with_equal_weights() -> None:
+    parts, present = experts()
+    mixture, weights = joint_posterior("moe", parts, present)
+    assert weights.tolist() == [[0.5, 0.5], [1.0, 0.0]]  # row 1: b absent → a alone
+    assert mixture[0].mean[:, 0].tolist() == [2.0, 2.0]  # the components are the experts themselves
+    assert mixture[1].mean[0, 0].item() == -1.0
+    assert mixture[1].logvar.exp()[0, 0].item() == pytest.approx(1 / 3)
+
+
+def test_mopoe_mixes_the_subsets_of_present_inputs() -> None:
+    parts, present = experts()
+    mixture, weights = joint_posterior("mopoe", parts, present)
+    assert components("mopoe", 2) == [(0,), (1,), (0, 1)]
+    assert weights.flatten().tolist() == pytest.approx([1 / 3, 1 / 3, 1 / 3, 1.0, 0.0, 0.0])
+    # the {a, b} subset is the product without the prior: precision 1 + 3 = 4, mean (2 − 3) / 4
+    assert mixture[2].mean[0, 0].item() == pytest.approx(-0.25)
+    assert mixture[2].logvar.exp()[0, 0].item() == pytest.approx(0.25)
+
+
+def test_poe_components_add_unimodal_elbos_only_when_asked() -> None:
+    assert components("poe", 2) == [(0, 1), (0,), (1,)]
+    assert components("poe", 2, unimodal_elbos=False) == [(0, 1)]
+    parts, present = experts()
+    _, valid = subset_posterior("poe", parts, present, (1,))
+    assert valid.tolist() == [True, False]  # b's own ELBO only where b is present
+
+
+def test_kl_to_the_prior_is_the_closed_form_and_non_zero() -> None:
+    gaussian = Gaussian(torch.tensor([[1.0, 0.0]]), torch.tensor([[0.0, math.log(4.0)]]))
+    # ½ Σ (σ² + μ² − 1 − log σ²) = ½ [(1 + 1 − 1 − 0) + (4 + 0 − 1 − log 4)] = ½ (4 − log 4)
+    assert gaussian.kl_to_standard_normal().item() == pytest.approx(0.5 * (4 - math.log(4)))
+    assert Gaussian(torch.zeros(1, 3), torch.zeros(1, 3)).kl_to_standard_normal().item() == 0.0
