@@ -69,7 +69,7 @@ def trained_model(work: Path, epochs: int) -> tuple[Path, Path, float | None]:
     raw["training"]["epochs"] = epochs
     config.write_text(yaml.safe_dump(raw, sort_keys=False))
     started = time.perf_counter()
-    run_cli("train", str(config), "-o", str(work / "run"), "--force", log=work / "train.log")
+    run_cli("train", str(config), "-o", str(work / "run"), log=work / "train.log")
     return table, model, time.perf_counter() - started
 
 
