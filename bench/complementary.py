@@ -22,15 +22,13 @@ import argparse
 import json
 import platform
 import statistics
-import subprocess
-import sys
 import tempfile
-import time
 from pathlib import Path
 from typing import Any
 
 import torch
 import yaml
+from alignment import polyfuse  # the same child-process runner as the alignment bench (bench/ is on sys.path)
 
 from polyfuse.atomic import atomic_write_text
 from polyfuse.data.datasets import (
@@ -42,21 +40,11 @@ from polyfuse.data.datasets import (
 from polyfuse.models.fusion import list_fusions
 
 RESULTS = Path(__file__).parent / "results"
-CLI = [sys.executable, "-m", "polyfuse.cli"]
 TEXT_VARIANTS = {
     "minilm_frozen": {"name": "text.minilm", "trainable": False},
     "minilm_finetuned": {"name": "text.minilm", "trainable": True},
     "bigru_scratch": {"name": "text.bigru", "trainable": True},
 }
-
-
-def polyfuse(*args: str, log: Path) -> float:
-    start = time.perf_counter()
-    with log.open("w") as out:
-        code = subprocess.run([*CLI, *args], stdout=out, stderr=subprocess.STDOUT).returncode
-    if code != 0:
-        raise RuntimeError(f"polyfuse {' '.join(args)} failed; {log}:\n{log.read_text()[-3000:]}")
-    return time.perf_counter() - start
 
 
 def run(table: Path, work: Path, name: str, init_args: list[str], edit: Any, epochs: int) -> dict[str, Any]:

@@ -182,15 +182,14 @@ def _cross_validated_accuracy(
     for k in range(FOLDS):
         train, test = fold != k, fold == k
         fit = train & present
+        majority = torch.bincount(labels[train], minlength=classes).argmax()
         if fit.sum() < 2:
-            majority = torch.bincount(labels[train], minlength=classes).argmax()
             correct += int((labels[test] == majority).sum())
             continue
         mean, std = features[fit].mean(0), features[fit].std(0).clamp(min=1e-6)
         x = (features - mean) / std  # (N, F) standardised on the training fold
         weights = _fit_softmax_regression(x[fit], labels[fit], classes)
         predicted = torch.cat([x, torch.ones(len(x), 1)], dim=1) @ weights  # (N, classes)
-        majority = torch.bincount(labels[train], minlength=classes).argmax()
         guess = torch.where(present, predicted.argmax(1), majority)
         correct += int((guess[test] == labels[test]).sum())
     return correct / len(labels)
