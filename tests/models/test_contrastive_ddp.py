@@ -49,6 +49,9 @@ def _worker(rank: int, port: int, out: str) -> None:
         loss.backward()
         assert local_a.grad is not None and local_b.grad is not None
         torch.save({"loss": loss.detach(), "ga": local_a.grad, "gb": local_b.grad}, f"{out}/rank{rank}.pt")
+        # without a final barrier one rank can tear gloo down while the other still finishes the backward
+        # collective, which aborts it ("terminate called without an active exception"; seen in CI)
+        dist.barrier()
     finally:
         dist.destroy_process_group()
 
