@@ -10,7 +10,8 @@ than a file open. A pass that computes features writes them in a few large packs
 outside of one, each new entry is its own small pack, and `compact` merges small packs later.
 
 A file is not read again to find its content key while it looks as it did when it was last read (size,
-mtime, ctime, inode): the packs keep those source records. A record taken less than RACY_NS after the
+mtime, ctime, inode): the packs keep those source records. One FeatureCache (one `prepare_data`, so one
+run) checks each file once: the run trains on the files as it validated them. A record taken less than RACY_NS after the
 file's last change is not trusted (the file may change again within the same timestamp tick), like git's
 racily-clean index entries.
 """
@@ -28,7 +29,15 @@ from typing import Any
 
 import numpy as np
 
-from polyfuse.data.packs import PACK_SUFFIX, DamagedPack, Pack, PackContents, SourceRecord, write_pack
+from polyfuse.data.packs import (
+    PACK_SUFFIX,
+    DamagedPack,
+    ForeignPack,
+    Pack,
+    PackContents,
+    SourceRecord,
+    write_pack,
+)
 
 # Bump when a decode or feature function changes its output for the same parameters.
 CACHE_FORMAT = 1
@@ -82,6 +91,9 @@ class FeatureCache:
         self._pending = PackContents()
         self._batching = 0
         self._scanned_at = -1.0
+        # path → content digest of the files this object has checked: each is checked once, so a run
+        # trains on the files as it validated them, without a stat per cell per epoch
+        self._checked: dict[Path, str] = {}
 
     # Memory maps do not travel to other processes (DataLoader workers started with spawn): reopen there.
     def __getstate__(self) -> dict[str, Any]:
@@ -119,7 +131,7 @@ class FeatureCache:
         for name in sorted(names - set(self._packs)):
             try:
                 pack = Pack(self.directory / name)
-            except FileNotFoundError:  # merged away between the listing and the open
+            except (FileNotFoundError, ForeignPack):  # merged away since the listing / another version's
                 continue
             except DamagedPack:
                 # Only a damaged disk or a foreign writer makes one (ours are renamed into place whole):
@@ -280,8 +292,8 @@ class FeatureCache:
                 return np.array(view) if copy else view
         if cached_only:
             raise NotCached(str(source))
-        content = self._read_and_record(source, read)
-        key = self._entry_key(content_digest(content), params_key)
+        content, digest = self._read_and_record(source, read)
+        key = self._entry_key(digest, params_key)
         return self._fetch_key(key, lambda: compute(content), copy=copy)
 
     def _fetch_key(self, key: bytes, compute: Callable[[], np.ndarray], *, copy: bool) -> np.ndarray:
@@ -295,9 +307,13 @@ class FeatureCache:
         return array
 
     def _recorded_digest(self, path: Path) -> str | None:
+        checked = self._checked.get(path)
+        if checked is not None:
+            return checked
         if self._scanned_at < 0:
             self.refresh()
-        record = self._sources.get(_path_key(path))
+        name = _path_key(path)
+        record = self._sources.get(name)
         if record is None:
             return None
         try:
@@ -310,27 +326,34 @@ class FeatureCache:
             record.ctime_ns,
             record.inode,
         )
-        return record.digest if same and self._settled(record) else None
+        if not (same and self._settled(record)):
+            return None
+        self._checked[path] = record.digest
+        return record.digest
 
     @staticmethod
     def _settled(record: SourceRecord) -> bool:
         return record.mtime_ns < record.recorded_ns - RACY_NS
 
-    def _read_and_record(self, source: Path | bytes, read: Callable[[], bytes]) -> bytes:
+    def _read_and_record(self, source: Path | bytes, read: Callable[[], bytes]) -> tuple[bytes, str]:
+        """The source's bytes and content digest; a file's stat is recorded with the digest."""
         if isinstance(source, bytes):
-            return read()
+            content = read()
+            return content, content_digest(content)
         recorded_ns = time.time_ns()
         try:
             before = os.stat(source)
         except OSError:
-            return read()  # raises the error that names the file
+            content = read()  # raises the error that names the file
+            return content, content_digest(content)
         content = read()
+        self._checked[source] = content_digest(content)
         record = SourceRecord(
             before.st_size,
             before.st_mtime_ns,
             before.st_ctime_ns,
             before.st_ino,
-            content_digest(content),
+            self._checked[source],
             recorded_ns,
         )
         # An unsettled record would never be trusted: keep it out of the packs (it is retaken next time).
@@ -338,7 +361,7 @@ class FeatureCache:
             self._sources[_path_key(source)] = record
             if self._batching:  # outside of a batch a record alone is not worth a pack
                 self._pending.sources[_path_key(source)] = record
-        return content
+        return content, self._checked[source]
 
 
 def _path_key(path: Path) -> str:

@@ -8,11 +8,14 @@ little-endian buffers, designed to be memory-mapped without a copy; any safetens
     offset    int64 (n,)       element offset of the entry in its dtype's buffer
     shape     int64 (n, 4)     entry shape, padded with -1
     data.<dt> <dt>  (total,)   one flat buffer per dtype: entries back to back, whatever their shapes
+    source.paths    uint8 (bytes,)   source files' absolute paths, utf-8, NUL-separated
+    source.stats    int64 (m, 5)     size, mtime_ns, ctime_ns, inode, recorded_ns of each
+    source.digests  uint8 (m, 20)    its content digest
 
 Variable-length entries (audio frames, T varies) sit back to back like fixed-shape ones: offsets and
 shapes locate each, so an entry is a zero-copy view `data[offset : offset + prod(shape)].reshape(shape)`.
-The metadata also carries the source records (file path and stat → content digest) gathered while the
-pack was filled; see polyfuse.data.cache.
+The source records (file and stat → content digest) are those gathered while the pack was filled; see
+polyfuse.data.cache.
 
 A pack is written to a temporary name and renamed into place, so a reader sees the whole pack or none.
 """
@@ -26,7 +29,7 @@ import os
 import tempfile
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, NamedTuple
 
 import numpy as np
 import safetensors.numpy
@@ -51,11 +54,14 @@ _DTYPES = {
 
 
 class DamagedPack(ValueError):
-    """A pack file that is not a complete pack of this format (truncated, foreign or overwritten)."""
+    """A pack file that is not a complete pack (truncated or overwritten)."""
 
 
-@dataclass
-class SourceRecord:
+class ForeignPack(ValueError):
+    """A whole pack of another format (another polyfuse version): left alone, not read."""
+
+
+class SourceRecord(NamedTuple):
     """What a file looked like when its content digest was taken; a file that still looks the same is
     not read again. `recorded_ns` (wall clock) guards against a change within one timestamp tick."""
 
@@ -65,14 +71,6 @@ class SourceRecord:
     inode: int
     digest: str
     recorded_ns: int
-
-    def to_list(self) -> list[Any]:
-        return [self.size, self.mtime_ns, self.ctime_ns, self.inode, self.digest, self.recorded_ns]
-
-    @classmethod
-    def from_list(cls, values: list[Any]) -> SourceRecord:
-        size, mtime, ctime, inode, digest, recorded = values
-        return cls(int(size), int(mtime), int(ctime), int(inode), str(digest), int(recorded))
 
 
 @dataclass
@@ -119,11 +117,8 @@ def write_pack(directory: Path, contents: PackContents) -> Path:
     }
     for name, parts in buffers.items():
         tensors[f"data.{name}"] = np.concatenate(parts)
-    metadata = {
-        "format": PACK_FORMAT,
-        "dtypes": json.dumps(dtypes),
-        "sources": json.dumps({path: r.to_list() for path, r in contents.sources.items()}),
-    }
+    tensors |= _source_tensors(contents.sources)
+    metadata = {"format": PACK_FORMAT, "dtypes": json.dumps(dtypes)}
     payload = safetensors.numpy.save(tensors, metadata=metadata)
     directory.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(dir=directory, prefix=".tmp-", suffix=PACK_SUFFIX)
@@ -137,6 +132,32 @@ def write_pack(directory: Path, contents: PackContents) -> Path:
         Path(tmp).unlink(missing_ok=True)
         raise
     return final
+
+
+def _source_tensors(sources: dict[str, SourceRecord]) -> dict[str, np.ndarray]:
+    """Source records as three arrays (parsing them stays cheap with thousands of files)."""
+    paths = "\0".join(sources).encode("utf-8", "surrogateescape")
+    records = list(sources.values())
+    stats = [[r.size, r.mtime_ns, r.ctime_ns, r.inode, r.recorded_ns] for r in records]
+    digests = b"".join(bytes.fromhex(r.digest) for r in records)
+    return {
+        "source.paths": np.frombuffer(paths, dtype=np.uint8),  # utf-8, NUL-separated
+        "source.stats": np.array(stats, dtype=np.int64).reshape(len(records), 5),
+        "source.digests": np.frombuffer(digests, dtype=np.uint8).reshape(len(records), KEY_BYTES),
+    }
+
+
+def _read_sources(tensors: dict[str, np.ndarray]) -> dict[str, SourceRecord]:
+    text = tensors["source.paths"].tobytes().decode("utf-8", "surrogateescape")
+    paths = text.split("\0") if text else []
+    stats = tensors["source.stats"].tolist()
+    digests = tensors["source.digests"]
+    if not len(paths) == len(stats) == len(digests):
+        raise ValueError("source records do not line up")
+    return {
+        path: SourceRecord(size, mtime, ctime, inode, digest.tobytes().hex(), recorded)
+        for path, (size, mtime, ctime, inode, recorded), digest in zip(paths, stats, digests, strict=True)
+    }
 
 
 def _dtype_name(dtype: np.dtype[Any]) -> str:
@@ -161,13 +182,13 @@ class Pack:
         header, start = self._header()
         meta = header.pop("__metadata__", {})
         if meta.get("format") != PACK_FORMAT:
-            raise DamagedPack(f"{path}: not a {PACK_FORMAT} pack")
+            raise ForeignPack(f"{path}: not a {PACK_FORMAT} pack")
         tensors = {name: self._tensor(spec, start) for name, spec in header.items()}
         try:
             dtypes = json.loads(meta["dtypes"])
-            self.sources = {p: SourceRecord.from_list(r) for p, r in json.loads(meta["sources"]).items()}
-            keys = tensors["keys"]
-            self.keys = [bytes(row) for row in np.asarray(keys)]
+            self.sources = _read_sources(tensors)
+            raw_keys = tensors["keys"].tobytes()
+            self.keys = [raw_keys[i : i + KEY_BYTES] for i in range(0, len(raw_keys), KEY_BYTES)]
             self._codes: list[int] = tensors["dtype"].tolist()
             self._offsets: list[int] = tensors["offset"].tolist()
             self._shapes = [tuple(d for d in s if d >= 0) for s in tensors["shape"].tolist()]

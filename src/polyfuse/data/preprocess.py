@@ -3,6 +3,7 @@
 
 from __future__ import annotations
 
+import functools
 import json
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
@@ -487,7 +488,7 @@ def encode_target(value: Any, spec: TargetSpec) -> Tensor:
         raise MediaError("label is missing", "fill the label or drop the row (--drop-invalid)")
     if spec.task == "regression":
         return torch.tensor((to_number(value) - spec.mean) / spec.std, dtype=torch.float32)
-    index = {c: i for i, c in enumerate(spec.classes)}
+    index, class_ids = _class_ids(tuple(spec.classes))
     if spec.task == "multilabel":
         indicators = torch.zeros(len(spec.classes), dtype=torch.float32)
         for label in split_labels(value):
@@ -498,7 +499,14 @@ def encode_target(value: Any, spec: TargetSpec) -> Tensor:
     key = category_key(value)
     if key not in index:
         raise MediaError(f"label '{key}' was not seen in training", f"known labels: {spec.classes[:20]}")
-    return torch.tensor(index[key], dtype=torch.long)
+    return class_ids[index[key]]
+
+
+@functools.lru_cache(maxsize=64)
+def _class_ids(classes: tuple[str, ...]) -> tuple[dict[str, int], list[Tensor]]:
+    """Class name → id, and each id as a long () tensor, made once per label set rather than per row.
+    The tensors are shared: collation stacks them into new ones and nothing writes to them."""
+    return {c: i for i, c in enumerate(classes)}, list(torch.arange(len(classes)).unbind())
 
 
 def _natural_key(text: str) -> tuple[int, float, str]:
