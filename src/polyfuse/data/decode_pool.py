@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import multiprocessing
 import os
+import sys
 import time
 import traceback
 from collections import deque
@@ -148,9 +149,9 @@ def decode_rows(
 
 
 def _context() -> BaseContext:
-    # fork starts a worker in milliseconds with everything already imported; elsewhere, spawn.
-    methods = multiprocessing.get_all_start_methods()
-    return multiprocessing.get_context("fork" if "fork" in methods else "spawn")
+    # On Linux fork starts a worker in milliseconds with everything already imported; elsewhere spawn
+    # (macOS system libraries are not safe to use after fork, Windows has none).
+    return multiprocessing.get_context("fork" if sys.platform == "linux" else "spawn")
 
 
 def _work(
@@ -162,6 +163,8 @@ def _work(
     names: list[str],
 ) -> None:
     torch.set_num_threads(1)  # one process per core
+    # a tokenizer the parent used before the fork would warn at its first use here, and must not thread
+    os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
     cache = preprocessor.cache
     input_index = {name: float(i) for i, name in enumerate(names)}
     current = [0.0]
