@@ -201,7 +201,9 @@ class FeatureCache:
     def add_pending(self, contents: PackContents) -> None:
         """Entries and records computed elsewhere, written like this process's own."""
         for key, array in contents.arrays.items():
-            self._pending.add(key, array)
+            if key not in self._pending.arrays:  # arrays that arrived from another process: no copy
+                self._pending.arrays[key] = array
+                self._pending.nbytes += array.nbytes
         self._pending.sources.update(contents.sources)
         self._sources.update(contents.sources)
         if not self._batching or self._pending.nbytes >= BATCH_FLUSH_BYTES:

@@ -83,7 +83,8 @@ class PackContents:
 
     def add(self, key: bytes, array: np.ndarray) -> None:
         if key not in self.arrays:
-            self.arrays[key] = np.ascontiguousarray(array)
+            # a copy: the caller keeps the array it computed and may change it before the pack is written
+            self.arrays[key] = np.array(array, order="C", copy=True)
             self.nbytes += array.nbytes
 
     def __bool__(self) -> bool:
