@@ -126,8 +126,10 @@ class FeatureCache:
         gone = set(self._packs) - names
         for name in gone:
             del self._packs[name]
-        if gone:  # merged away by `compact`: their entries live on in the merged pack
-            self._index = {k: v for k, v in self._index.items() if v[0].path.name not in gone}
+        if gone:  # merged away by `compact`: their entries live on in the merged pack (or another one)
+            self._index = {}
+            for pack in self._packs.values():
+                self._add_to_index(pack)
         for name in sorted(names - set(self._packs)):
             try:
                 pack = Pack(self.directory / name)
@@ -139,12 +141,15 @@ class FeatureCache:
                 (self.directory / name).unlink(missing_ok=True)
                 continue
             self._packs[name] = pack
-            for i, key in enumerate(pack.keys):
-                self._index.setdefault(key, (pack, i))
+            self._add_to_index(pack)
             for path, record in pack.sources.items():
                 known = self._sources.get(path)
                 if known is None or record.recorded_ns > known.recorded_ns:
                     self._sources[path] = record
+
+    def _add_to_index(self, pack: Pack) -> None:
+        for i, key in enumerate(pack.keys):
+            self._index.setdefault(key, (pack, i))
 
     def _lookup(self, key: bytes) -> np.ndarray | None:
         """A read-only view of the entry, or None."""
@@ -189,8 +194,7 @@ class FeatureCache:
         path = write_pack(self.directory, pending)
         pack = Pack(path)
         self._packs[path.name] = pack
-        for i, key in enumerate(pack.keys):
-            self._index.setdefault(key, (pack, i))
+        self._add_to_index(pack)
         self._sources.update(pack.sources)
 
     def take_pending(self) -> PackContents:
