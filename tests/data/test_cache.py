@@ -33,16 +33,20 @@ def test_params_digest_ignores_order_but_not_values() -> None:
     assert params_digest({"a": 1}) != params_digest({"a": 2})
 
 
-def test_corrupt_entry_is_a_miss_and_gets_rewritten(tmp_path: Path) -> None:
+def test_damaged_pack_is_a_miss_and_gets_rewritten(tmp_path: Path) -> None:
     cache = FeatureCache(tmp_path)
     key = params_digest({})
     cache.fetch(b"x", key, lambda: np.arange(4.0))
-    entry = next((tmp_path / "features").rglob("*.npy"))
-    entry.write_bytes(entry.read_bytes()[:20])  # a crash mid-write without rename would look like this
-    value = cache.fetch(b"x", key, lambda: np.arange(4.0) + 1)
+    pack = next((tmp_path / "store").glob("*.safetensors"))
+    pack.write_bytes(pack.read_bytes()[:-8])  # a damaged disk; our own writes are renamed into place whole
+    fresh = FeatureCache(tmp_path)
+    value = fresh.fetch(b"x", key, lambda: np.arange(4.0) + 1)
     np.testing.assert_array_equal(value, np.arange(4.0) + 1)
-    np.testing.assert_array_equal(np.load(entry), np.arange(4.0) + 1)
-    assert not [p for p in (tmp_path / "features").rglob(".tmp-*")]
+    assert not pack.exists()  # dropped, and the entry lives in a new pack
+    np.testing.assert_array_equal(
+        FeatureCache(tmp_path).fetch(b"x", key, lambda: np.zeros(4)), np.arange(4.0) + 1
+    )
+    assert not [p for p in (tmp_path / "store").glob(".tmp-*")]
 
 
 def test_disabled_cache_always_computes() -> None:

@@ -62,6 +62,9 @@ def test_small_fused_model_on_av_digits(av_table: Path, tmp_path: Path) -> None:
     assert test["rows"] == 300
     assert test["accuracy"] > 0.8, test  # chance is 0.1; the full default run reaches 0.99 (bench/fusion.py)
     assert sum(map(sum, test["confusion_matrix"])) == 300
+    # The run's features went through the packed store (a few packs, not a file per cell).
+    packs = list((tmp_path / "cache" / "store").glob("*.safetensors"))
+    assert 0 < len(packs) <= 16 and not (tmp_path / "cache" / "features").exists()
 
     predictor = polyfuse.load(result.model_dir)
     frame = pd.read_csv(table)

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import base64
 import binascii
+import functools
 import math
 import re
 from pathlib import Path
@@ -53,6 +54,25 @@ def resolve_media(
     `allow_paths=False` is for values from someone else (a server's requests): a string is then only ever
     data (base64 or a data URI), never a file name, so a request cannot make polyfuse read its own files.
     """
+    if isinstance(value, str) and len(value) <= _MEMO_MAX_CHARS:
+        return _resolve_text(value, base_dir, allow_base64, allow_paths)
+    return _resolve(value, base_dir, allow_base64, allow_paths)
+
+
+# Every epoch resolves the same cells again; a path's parsing costs more than the cached features' lookup.
+_MEMO_MAX_CHARS = 1024  # longer strings are inline data, not worth keeping twice
+
+
+@functools.lru_cache(maxsize=1 << 16)
+def _resolve_text(
+    value: str, base_dir: Path | None, allow_base64: bool, allow_paths: bool
+) -> MediaSource | None:
+    return _resolve(value, base_dir, allow_base64, allow_paths)
+
+
+def _resolve(
+    value: object, base_dir: Path | None, allow_base64: bool, allow_paths: bool
+) -> MediaSource | None:
     if is_missing(value):
         return None
     if isinstance(value, bytes | bytearray | memoryview):

@@ -11,6 +11,7 @@ import pandas as pd
 from pydantic import BaseModel, ConfigDict, Field
 
 from polyfuse.data.cache import FeatureCache, default_cache_dir
+from polyfuse.data.decode_pool import usable_cores
 from polyfuse.data.errors import DataError, Problem
 from polyfuse.data.infer import infer_schema
 from polyfuse.data.modalities.pretrained import PretrainedInput
@@ -18,7 +19,7 @@ from polyfuse.data.preprocess import PreprocessingConfig, Preprocessor, TaskKind
 from polyfuse.data.schema import Modality, Role, TableSchema
 from polyfuse.data.splits import SplitConfig, assign_splits
 from polyfuse.data.table import Table, read_table
-from polyfuse.data.validate import ValidationReport, check_ids, validate_rows
+from polyfuse.data.validate import DEFAULT_FILE_TIME_LIMIT_S, ValidationReport, check_ids, validate_rows
 from polyfuse.progress import progress_bar
 
 SplitName = Literal["train", "val", "test"]
@@ -51,6 +52,18 @@ class DataConfig(BaseModel):
         description="feature cache; default $POLYFUSE_CACHE_DIR or ~/.cache/polyfuse, never the data folder",
     )
     use_cache: bool = True
+    workers: int | None = Field(
+        None,
+        ge=0,
+        description="processes that decode and featurise the rows on the first pass; null: one per usable "
+        "core; 0: in the calling process, without a time limit per file",
+    )
+    decode_timeout_s: float = Field(
+        DEFAULT_FILE_TIME_LIMIT_S,
+        gt=0,
+        description="a file whose decoding takes longer is stopped and reported as its row's problem "
+        "(with workers >= 1)",
+    )
     drop_invalid: bool = Field(
         False, description="drop rows with problems (and report how many) instead of failing"
     )
@@ -139,7 +152,14 @@ def prepare_data(
     report = ValidationReport(problems=problems)
     if validate:
         with progress_bar("validating and featurising", total=len(table), enabled=show_progress) as advance:
-            rows_report = validate_rows(table, preprocessor, progress=advance)
+            rows_report = validate_rows(
+                table,
+                preprocessor,
+                progress=advance,
+                workers=usable_cores() if config.workers is None else config.workers,
+                file_time_limit_s=config.decode_timeout_s,
+            )
+        cache.compact()  # a few packs, not one per entry a previous run computed alone
         report.problems += rows_report.problems
         report.rows_checked = rows_report.rows_checked
     bad = report.invalid_rows

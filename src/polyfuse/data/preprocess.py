@@ -3,8 +3,10 @@
 
 from __future__ import annotations
 
+import functools
 import json
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Literal
 
@@ -15,7 +17,7 @@ from torch import Tensor
 
 from polyfuse.data.cache import FeatureCache, params_digest
 from polyfuse.data.errors import DataError, MediaError, Problem
-from polyfuse.data.media import is_missing, read_source_bytes, resolve_media
+from polyfuse.data.media import MediaSource, is_missing, read_source_bytes, resolve_media
 from polyfuse.data.modalities.audio import (
     AudioConfig,
     audio_features,
@@ -94,6 +96,28 @@ class PreprocessorState(BaseModel):
 # One row's features, before collation: input name → tensor, or None where the row lacks it.
 #   image (C, H, W); audio (F, T); text (T,) ids; numeric (N,) with NaN for missing values; category (K,)
 Sample = dict[str, Any]
+
+# What `encode_inputs(check=True)` gives for an image / audio cell whose features are cached: present, but
+# not turned into a tensor (validation only needs to know the cell is usable).
+CHECKED = torch.empty(0)
+
+
+@dataclass(frozen=True)
+class _MediaRequest:
+    """How `encode_inputs` was asked to treat image / audio cells (see its docstring)."""
+
+    generator: torch.Generator | None
+    check: bool
+    cached_only: bool
+
+
+def media_file_name(cell: object) -> str | None:
+    """The cell as a file name for an error message; None for missing values and inline data."""
+    return None if is_missing(cell) or not isinstance(cell, str) or len(cell) > 300 else cell
+
+
+def _log_mel(content: bytes, cfg: AudioConfig) -> np.ndarray:
+    return audio_features(decode_audio(content, cfg), cfg).numpy()  # (F, T)
 
 
 class Preprocessor:
@@ -191,15 +215,26 @@ class Preprocessor:
         allow_base64: bool = True,
         allow_paths: bool = True,
         generator: torch.Generator | None = None,
+        check: bool = False,
+        cached_only: bool = False,
+        on_cell: Callable[[str], None] | None = None,
     ) -> Sample:
         """Input name → tensor (None where missing). `generator` turns on train-time augmentation.
         `allow_paths=False`: media strings are base64 data only, never file names (see `resolve_media`).
+
+        Validation's options: `check` computes and caches an image / audio cell's features but returns
+        CHECKED for it instead of a tensor; `cached_only` raises NotCached for a media cell that would
+        have to be read or decoded; `on_cell(name)` is called before each input is encoded (a decode
+        pool times each file from there).
 
         Raises DataError listing every bad cell of the row (row number left for the caller to add).
         """
         sample: Sample = {}
         problems: list[Problem] = []
+        media = _MediaRequest(generator, check, cached_only)
         for name, modality in self.inputs.items():
+            if on_cell is not None:
+                on_cell(name)
             try:
                 if modality is Modality.NUMERIC:
                     sample[name] = self._numeric(row, problems)
@@ -207,15 +242,34 @@ class Preprocessor:
                     sample[name] = self._category(row)
                 else:
                     sample[name] = self._single(
-                        name, modality, row.get(name), base_dir, allow_base64, allow_paths, generator
+                        name, modality, row.get(name), base_dir, allow_base64, allow_paths, media
                     )
             except MediaError as e:
                 cell = row.get(name)
-                file = None if is_missing(cell) or not isinstance(cell, str) or len(cell) > 300 else cell
-                problems.append(Problem(e.message, column=name, file=file, fix=e.fix, kind=e.kind))
+                problems.append(
+                    Problem(e.message, column=name, file=media_file_name(cell), fix=e.fix, kind=e.kind)
+                )
         if problems:
             raise DataError(problems)
         return sample
+
+    def _cached(
+        self,
+        source: MediaSource,
+        max_bytes: int,
+        params_key: str,
+        compute: Callable[[bytes], np.ndarray],
+        media: _MediaRequest,
+    ) -> np.ndarray:
+        """The features of one file from the cache, read and computed on a miss."""
+        return self.cache.fetch_source(
+            source,
+            lambda: read_source_bytes(source, max_bytes),
+            params_key,
+            compute,
+            cached_only=media.cached_only,
+            copy=not media.check,
+        )
 
     def _single(
         self,
@@ -225,7 +279,7 @@ class Preprocessor:
         base_dir: Path | None,
         allow_base64: bool,
         allow_paths: bool,
-        generator: torch.Generator | None,
+        media: _MediaRequest,
     ) -> Tensor | None:
         cfg = self.state.config
         if modality is Modality.TEXT:
@@ -241,54 +295,74 @@ class Preprocessor:
         if source is None:
             return None
         if name in self.state.pretrained:
-            return self._pretrained(name, source, generator)
+            return self._pretrained(name, source, media)
+        generator = media.generator
         if modality is Modality.IMAGE:
-            content = read_source_bytes(source, cfg.image.max_file_bytes)
-            pixels = self.cache.fetch(content, self._image_key, lambda: decode_image(content, cfg.image))
+            pixels = self._cached(
+                source, cfg.image.max_file_bytes, self._image_key, lambda c: decode_image(c, cfg.image), media
+            )
+            if media.check:
+                return CHECKED
             image = image_to_tensor(pixels, cfg.image)  # (C, H, W)
             if generator is not None and cfg.image.augment.enabled:
                 image = augment_image(image, cfg.image.augment, generator, fill=normalised_black(cfg.image))
             return image
-        content = read_source_bytes(source, cfg.audio.max_file_bytes)
-        augment = generator is not None and cfg.audio.augment.enabled
+        max_bytes = cfg.audio.max_file_bytes
+        augment = cfg.audio.augment
         # Gain and noise act on the waveform, so they need the decoded wave rather than cached features.
-        wave_augment = cfg.audio.augment.noise_probability > 0 or cfg.audio.augment.gain_db != (0.0, 0.0)
-        if augment and wave_augment:
-            wave = self.cache.fetch(content, self._wave_key, lambda: decode_audio(content, cfg.audio))
-            assert generator is not None
-            waveform = augment_waveform(torch.from_numpy(wave), cfg.audio.augment, generator)
+        wave_augment = augment.enabled and (augment.noise_probability > 0 or augment.gain_db != (0.0, 0.0))
+        if media.check:
+            # Validation fills what training reads: the wave too when augmentation starts from it.
+            if wave_augment:
+                wave = self._cached(
+                    source, max_bytes, self._wave_key, lambda c: decode_audio(c, cfg.audio), media
+                )
+                self._cached(
+                    source,
+                    max_bytes,
+                    self._audio_key,
+                    lambda c: audio_features(torch.from_numpy(np.array(wave)), cfg.audio).numpy(),
+                    media,
+                )
+            else:
+                self._cached(source, max_bytes, self._audio_key, lambda c: _log_mel(c, cfg.audio), media)
+            return CHECKED
+        if generator is not None and wave_augment:
+            wave = self._cached(
+                source, max_bytes, self._wave_key, lambda c: decode_audio(c, cfg.audio), media
+            )
+            waveform = augment_waveform(torch.from_numpy(wave), augment, generator)
             features = audio_features(waveform, cfg.audio)
         else:
             features = torch.from_numpy(
-                self.cache.fetch(
-                    content,
-                    self._audio_key,
-                    lambda: audio_features(decode_audio(content, cfg.audio), cfg.audio).numpy(),
-                )
+                self._cached(source, max_bytes, self._audio_key, lambda c: _log_mel(c, cfg.audio), media)
             )  # (F, T)
-        if augment:
-            assert generator is not None
-            features = spec_augment(features, cfg.audio.augment, generator)
+        if generator is not None and augment.enabled:
+            features = spec_augment(features, augment, generator)
         return features
 
-    def _pretrained(self, name: str, source: Any, generator: torch.Generator | None) -> Tensor:
+    def _pretrained(self, name: str, source: MediaSource, media: _MediaRequest) -> Tensor:
         """An image or audio cell made into exactly what input `name`'s pretrained encoder reads."""
         spec = self.state.pretrained[name]
         cfg = self.state.config
         key = self._pretrained_keys[name]
+        generator = media.generator
         if spec.family == "image":
-            content = read_source_bytes(source, cfg.image.max_file_bytes)
             rgb = cfg.image.model_copy(update={"mode": "RGB"})  # every image backbone takes 3 channels
-            image = torch.from_numpy(
-                self.cache.fetch(
-                    content, key, lambda: image_pixels(decode_image(content, rgb, resize=False), spec)
-                )
-            )  # (3, H, W)
+            pixels = self._cached(
+                source,
+                cfg.image.max_file_bytes,
+                key,
+                lambda c: image_pixels(decode_image(c, rgb, resize=False), spec),
+                media,
+            )
+            if media.check:
+                return CHECKED
+            image = torch.from_numpy(pixels)  # (3, H, W)
             if generator is not None and cfg.image.augment.enabled:
                 image = augment_image(image, cfg.image.augment, generator, fill=image_fill(spec))
             return image
         assert spec.family in AUDIO_FAMILIES
-        content = read_source_bytes(source, cfg.audio.max_file_bytes)
         # decoded and resampled to the extractor's rate, whatever audio.sample_rate says
         audio_cfg = cfg.audio.model_copy(update={"sample_rate": sampling_rate(spec), "f_max": None})
         augment = cfg.audio.augment
@@ -299,11 +373,17 @@ class Preprocessor:
         ):
             # Gain and noise act on the waveform, before the extractor; SpecAugment is polyfuse's own
             # log-mel augmentation and is not applied to a backbone's features.
+            content = read_source_bytes(source, cfg.audio.max_file_bytes)
             wave = augment_waveform(torch.from_numpy(decode_audio(content, audio_cfg)), augment, generator)
             return torch.from_numpy(audio_values(wave.numpy(), spec))
-        return torch.from_numpy(
-            self.cache.fetch(content, key, lambda: audio_values(decode_audio(content, audio_cfg), spec))
+        values = self._cached(
+            source,
+            cfg.audio.max_file_bytes,
+            key,
+            lambda c: audio_values(decode_audio(c, audio_cfg), spec),
+            media,
         )  # (F, T)
+        return CHECKED if media.check else torch.from_numpy(values)
 
     def _numeric(self, row: Mapping[str, Any], problems: list[Problem]) -> Tensor | None:
         values = []
@@ -408,7 +488,7 @@ def encode_target(value: Any, spec: TargetSpec) -> Tensor:
         raise MediaError("label is missing", "fill the label or drop the row (--drop-invalid)")
     if spec.task == "regression":
         return torch.tensor((to_number(value) - spec.mean) / spec.std, dtype=torch.float32)
-    index = {c: i for i, c in enumerate(spec.classes)}
+    index, class_ids = _class_ids(tuple(spec.classes))
     if spec.task == "multilabel":
         indicators = torch.zeros(len(spec.classes), dtype=torch.float32)
         for label in split_labels(value):
@@ -419,7 +499,14 @@ def encode_target(value: Any, spec: TargetSpec) -> Tensor:
     key = category_key(value)
     if key not in index:
         raise MediaError(f"label '{key}' was not seen in training", f"known labels: {spec.classes[:20]}")
-    return torch.tensor(index[key], dtype=torch.long)
+    return class_ids[index[key]]
+
+
+@functools.lru_cache(maxsize=64)
+def _class_ids(classes: tuple[str, ...]) -> tuple[dict[str, int], list[Tensor]]:
+    """Class name → id, and each id as a long () tensor, made once per label set rather than per row.
+    The tensors are shared: collation stacks them into new ones and nothing writes to them."""
+    return {c: i for i, c in enumerate(classes)}, list(torch.arange(len(classes)).unbind())
 
 
 def _natural_key(text: str) -> tuple[int, float, str]:

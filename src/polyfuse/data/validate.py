@@ -2,13 +2,20 @@
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
+from functools import partial
+from pathlib import Path
+from typing import Any
 
+from polyfuse.data.cache import NotCached
+from polyfuse.data.decode_pool import decode_rows
 from polyfuse.data.errors import DataError, Problem
 from polyfuse.data.media import is_missing
 from polyfuse.data.preprocess import Preprocessor
 from polyfuse.data.table import Table
+
+DEFAULT_FILE_TIME_LIMIT_S = 60.0  # a file this slow to decode is hostile or far too large for training
 
 
 @dataclass
@@ -56,29 +63,74 @@ def validate_rows(
     *,
     check_targets: bool = True,
     progress: Callable[[int], None] | None = None,
+    workers: int = 0,
+    file_time_limit_s: float = DEFAULT_FILE_TIME_LIMIT_S,
 ) -> ValidationReport:
-    """Decode and featurise every cell (which also fills the feature cache) and check every label."""
-    report = ValidationReport()
+    """Decode and featurise every cell (which also fills the feature cache) and check every label.
+
+    workers 0: all in this process, with no time limit. workers N >= 1: rows whose features are cached
+    are checked here; the others are decoded on N processes, each file stopped after `file_time_limit_s`
+    and reported as its row's problem (see polyfuse.data.decode_pool).
+    """
     records = [{str(k): v for k, v in r.items()} for r in table.frame.to_dict("records")]
-    for row, record in enumerate(records):
-        try:
-            sample = preprocessor.encode_inputs(record, table.base_dir, allow_base64=table.from_python)
-            if all(v is None for v in sample.values()):
-                report.problems.append(
-                    Problem(
-                        f"every input is missing ({', '.join(preprocessor.inputs)})",
-                        row=row,
-                        fix="fill at least one input or drop the row (--drop-invalid)",
-                    )
-                )
-        except DataError as e:
-            report.problems.extend(p.at_row(row) for p in e.problems)
-        if check_targets:
+    check = partial(
+        check_row, base_dir=table.base_dir, allow_base64=table.from_python, check_targets=check_targets
+    )
+    found: dict[int, list[Problem]] = {}
+    to_decode: list[int] = []
+    with preprocessor.cache.batch_writes():
+        for row, record in enumerate(records):
             try:
-                preprocessor.encode_targets(record)
-            except DataError as e:
-                report.problems.extend(p.at_row(row) for p in e.problems)
-        report.rows_checked += 1
-        if progress is not None:
-            progress(1)
-    return report
+                found[row] = check(preprocessor, record, cached_only=workers > 0)
+            except NotCached:
+                to_decode.append(row)
+                continue
+            if progress is not None:
+                progress(1)
+        if to_decode:
+            found |= decode_rows(
+                preprocessor,
+                records,
+                to_decode,
+                check,
+                workers=workers,
+                time_limit_s=file_time_limit_s,
+                progress=progress,
+            )
+    return ValidationReport([p.at_row(row) for row in range(len(records)) for p in found[row]], len(records))
+
+
+def check_row(
+    preprocessor: Preprocessor,
+    record: Mapping[str, Any],
+    on_cell: Callable[[str], None] | None = None,
+    *,
+    base_dir: Path | None,
+    allow_base64: bool,
+    check_targets: bool = True,
+    cached_only: bool = False,
+) -> list[Problem]:
+    """Every problem of one row (the caller adds the row number).
+
+    `cached_only`: raise NotCached instead of reading or decoding a file whose features are not cached.
+    """
+    problems: list[Problem] = []
+    try:
+        sample = preprocessor.encode_inputs(
+            record, base_dir, allow_base64=allow_base64, check=True, cached_only=cached_only, on_cell=on_cell
+        )
+        if all(v is None for v in sample.values()):
+            problems.append(
+                Problem(
+                    f"every input is missing ({', '.join(preprocessor.inputs)})",
+                    fix="fill at least one input or drop the row (--drop-invalid)",
+                )
+            )
+    except DataError as e:
+        problems += e.problems
+    if check_targets:
+        try:
+            preprocessor.encode_targets(record)
+        except DataError as e:
+            problems += e.problems
+    return problems
