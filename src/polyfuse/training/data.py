@@ -21,7 +21,8 @@ MEGABATCH_BATCHES = 50
 class EpochSampler(Sampler[int]):
     """A permutation drawn from (seed, epoch) — not from a global RNG stream that a restart would lose.
 
-    Lightning calls `set_epoch` before each epoch; the dataset's augmentation epoch moves with it.
+    The training module calls `set_epoch` before each epoch (set_sampler_epoch); the dataset's augmentation
+    epoch moves with it.
 
     With `lengths` (one tuple per row, compared in order) and `batch_size`, rows of similar length share a
     batch: the permutation is cut into groups of MEGABATCH_BATCHES batches, each group is sorted by length
