@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 from collections.abc import Iterator, Sequence
 
 import torch
@@ -20,7 +21,8 @@ MEGABATCH_BATCHES = 50
 class EpochSampler(Sampler[int]):
     """A permutation drawn from (seed, epoch) — not from a global RNG stream that a restart would lose.
 
-    Lightning calls `set_epoch` before each epoch; the dataset's augmentation epoch moves with it.
+    The training module calls `set_epoch` before each epoch (set_sampler_epoch); the dataset's augmentation
+    epoch moves with it.
 
     With `lengths` (one tuple per row, compared in order) and `batch_size`, rows of similar length share a
     batch: the permutation is cut into groups of MEGABATCH_BATCHES batches, each group is sorted by length
@@ -81,31 +83,66 @@ class EpochSampler(Sampler[int]):
         return len(self.dataset)
 
 
+class ShardedBatchSampler(Sampler[list[int]]):
+    """This process's share of each global batch, so that N processes step through the batches one
+    process of batch size N × `batch_size` would (`batch_size` is per process, as in Lightning).
+
+    Every process draws the same order from its EpochSampler (seed, epoch); the order is cut into global
+    batches of `batch_size` × `world_size` rows and process `rank` takes rows rank, rank + N, ... of each.
+    Nothing is padded or repeated: a short last global batch splits unevenly (3 rows on 2 processes: 2 and
+    1), and `loss_scale` weighs each process's mean loss by its share of the rows, so that the averaged
+    gradient DDP computes is the gradient of the mean over the global batch. A process with no row left in
+    the last global batch (fewer rows than processes) still takes a step, since DDP needs every process
+    in every all-reduce: it gets the batch's first row with loss scale 0.
+    """
+
+    def __init__(self, sampler: EpochSampler, batch_size: int, *, rank: int = 0, world_size: int = 1) -> None:
+        if not 0 <= rank < world_size:
+            raise ValueError(f"rank {rank} is not one of the {world_size} processes")
+        self.sampler = sampler
+        self.batch_size = batch_size
+        self.rank = rank
+        self.world_size = world_size
+
+    @property
+    def global_batch_size(self) -> int:
+        return self.batch_size * self.world_size
+
+    def __iter__(self) -> Iterator[list[int]]:
+        order = list(self.sampler)
+        for start in range(0, len(order), self.global_batch_size):
+            rows = order[start : start + self.global_batch_size]
+            yield rows[self.rank :: self.world_size] or rows[:1]
+
+    def __len__(self) -> int:
+        return math.ceil(len(self.sampler) / self.global_batch_size)
+
+    def loss_scale(self, batch_index: int) -> float:
+        """world_size × (this process's rows) / (the global batch's rows) for batch `batch_index` of an
+        epoch: 1 for a full batch; DDP divides the sum of the processes' gradients by world_size."""
+        rows = min(self.global_batch_size, len(self.sampler) - batch_index * self.global_batch_size)
+        own = len(range(self.rank, rows, self.world_size))
+        return self.world_size * own / rows
+
+
+def sharded_batch_sampler(loader: object) -> ShardedBatchSampler | None:
+    sampler = getattr(loader, "batch_sampler", None)
+    return sampler if isinstance(sampler, ShardedBatchSampler) else None
+
+
 def epoch_samplers(loader: object) -> list[EpochSampler]:
-    """The EpochSamplers behind a DataLoader, through Lightning's wrappers: under DDP the loader's sampler
-    is a DistributedSamplerWrapper whose `.dataset._sampler` is ours (and a batch sampler's `.sampler`)."""
-    found: list[EpochSampler] = []
-    seen: set[int] = set()
+    """The EpochSampler behind a DataLoader: its sampler, or its batch sampler's (ShardedBatchSampler)."""
     candidates = [
         getattr(loader, "sampler", None),
         getattr(getattr(loader, "batch_sampler", None), "sampler", None),
     ]
-    while candidates:
-        sampler = candidates.pop()
-        if sampler is None or id(sampler) in seen:
-            continue
-        seen.add(id(sampler))
-        if isinstance(sampler, EpochSampler):
-            found.append(sampler)
-        else:
-            candidates += [getattr(sampler, a, None) for a in ("_sampler", "dataset", "sampler")]
-    return found
+    return [s for s in candidates if isinstance(s, EpochSampler)]
 
 
 def set_sampler_epoch(loader: object, epoch: int) -> None:
-    """Shuffling and augmentation of `epoch`, whatever wraps the sampler: every process of a DDP run then
-    draws the same permutation from (seed, epoch) and takes its own slice of it, so the union of one step's
-    batches over the processes is the batch a single process would have drawn."""
+    """Shuffling and augmentation of `epoch`: every process of a DDP run then draws the same permutation
+    from (seed, epoch) and takes its own share of each global batch (ShardedBatchSampler), so the union of
+    one step's batches over the processes is the batch a single process would have drawn."""
     for sampler in epoch_samplers(loader):
         sampler.set_epoch(epoch)
 
@@ -137,19 +174,25 @@ def make_loader(
     num_workers: int = 0,
     with_targets: bool = True,
     group_by_length: bool = False,
+    rank: int = 0,
+    world_size: int = 1,
 ) -> DataLoader[dict[str, object]]:
-    """group_by_length (training only): batch rows of similar audio / text length together."""
+    """group_by_length (training only): batch rows of similar audio / text length together.
+
+    rank / world_size: process `rank` of a multi-process run gets its share of each global batch of
+    batch_size × world_size rows (ShardedBatchSampler)."""
     dataset = MultimodalDataset(table, preprocessor, augment=train, seed=seed, with_targets=with_targets)
+    # length groups are cut at the global batch size, so each global batch holds rows of similar length
+    global_batch = batch_size * world_size
     lengths = sequence_lengths(dataset) if train and group_by_length else None
+    sampler = EpochSampler(dataset, seed, shuffle=train, lengths=lengths, batch_size=global_batch)
     return DataLoader(
         dataset,
-        batch_size=batch_size,
-        sampler=EpochSampler(dataset, seed, shuffle=train, lengths=lengths, batch_size=batch_size),
+        batch_sampler=ShardedBatchSampler(sampler, batch_size, rank=rank, world_size=world_size),
         collate_fn=make_collate(preprocessor),
         num_workers=num_workers,
         persistent_workers=False,  # workers must see the epoch set on the dataset before each epoch
         # Its own generator: creating an iterator draws a worker seed, which must not consume the global
         # RNG that dropout uses (else where Lightning creates the iterator would change the training).
         generator=torch.Generator().manual_seed(seed),
-        drop_last=False,
     )

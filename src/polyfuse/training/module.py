@@ -13,7 +13,7 @@ from torch import Tensor
 from polyfuse.config import TrainingConfig
 from polyfuse.data.batch import Batch
 from polyfuse.models.model import ModelOutput, MultimodalModel
-from polyfuse.training.data import set_sampler_epoch
+from polyfuse.training.data import set_sampler_epoch, sharded_batch_sampler
 
 
 def warmup_cosine(step: int, total_steps: int, warmup_steps: int, min_ratio: float) -> float:
@@ -121,7 +121,12 @@ class PolyfuseModule(L.LightningModule):
             batch_size=len(batch),
             prog_bar=False,
         )
-        return losses["loss"]
+        sharded = sharded_batch_sampler(self.trainer.train_dataloader)
+        if sharded is None or sharded.world_size == 1:
+            return losses["loss"]
+        # This process's mean loss, weighed by its share of the global batch: DDP's averaged gradient is
+        # then that of the mean over the global batch, also when the last batch splits unevenly.
+        return losses["loss"] * sharded.loss_scale(batch_idx)
 
     def validation_step(self, batch: Batch, batch_idx: int) -> None:
         output, losses = self._losses(batch)

@@ -136,48 +136,7 @@ def train(
 
     training = config.training
     train_table, val_table = prepared.split("train"), prepared.split("val")
-    loader_args = dict(batch_size=training.batch_size, seed=training.seed, num_workers=training.num_workers)
-    train_loader = make_loader(
-        train_table,
-        preprocessor,
-        train=True,
-        group_by_length=training.group_by_length,
-        **loader_args,  # type: ignore[arg-type]
-    )
-    val_loader = make_loader(val_table, preprocessor, train=False, **loader_args) if len(val_table) else None  # type: ignore[arg-type]
-
-    model = build_model(config, preprocessor)
-    if model.fusion is None:
-        log(f"fusion {config.fusion.name} not built: none of the objectives reads a fused vector")
-    if training.init_from is not None and resume_from is None:
-        copied = init_from(model, training.init_from)
-        log(f"initialised from {training.init_from}: {', '.join(copied)}")
-    if training.cache_frozen_outputs:
-        cached = model.cache_frozen_encoders()
-        if cached:
-            log(f"frozen encoders run once per distinct row (outputs cached): {', '.join(cached)}")
-    for name in model.objectives:
-        model.objective(name).fit_data(train_table, preprocessor)
-    trainable, total = count_parameters(model, trainable_only=True), count_parameters(model)
-    log(f"trainable parameters: {trainable:,} of {total:,} ({100 * trainable / max(total, 1):.2f} %)")
-    if training.unfreeze_after_epochs is not None and not (
-        isinstance(training.devices, int) and training.devices * training.num_nodes == 1
-    ):
-        raise DataError(
-            "training.unfreeze_after_epochs changes which parameters train mid-run, which DDP / FSDP cannot "
-            "follow; unset it or train on one device"
-        )
-    steps_per_epoch = math.ceil(len(train_loader) / training.accumulate_grad_batches)
-    module = PolyfuseModule(
-        model,
-        training,
-        total_steps=steps_per_epoch * training.epochs,
-        extra_state={"config": config.to_yaml(), "preprocessing": preprocessor.to_json()},
-        encoder_learning_rates={
-            n: e.learning_rate for n, e in config.encoders.items() if e.learning_rate is not None
-        },
-    )
-    monitor = training.monitor if val_loader is not None else "train_loss_epoch"
+    monitor = training.monitor if len(val_table) else "train_loss_epoch"
     mode = "max" if "accuracy" in monitor or "f1" in monitor else "min"
     callbacks: list[Any] = [
         # The best epoch by `monitor`, kept for the final model.
@@ -230,6 +189,55 @@ def train(
         num_sanity_val_steps=0,
         log_every_n_steps=training.log_every_n_steps,
         default_root_dir=run_dir,
+        # polyfuse shards the batches itself (ShardedBatchSampler): Lightning's DistributedSampler pads
+        # the data with repeated rows and gives each process a mean of its own, so the processes'
+        # averaged gradient is not that of the global batch.
+        use_distributed_sampler=False,
+    )
+    loader_args = dict(batch_size=training.batch_size, seed=training.seed, num_workers=training.num_workers)
+    train_loader = make_loader(
+        train_table,
+        preprocessor,
+        train=True,
+        group_by_length=training.group_by_length,
+        rank=trainer.global_rank,
+        world_size=trainer.world_size,
+        **loader_args,  # type: ignore[arg-type]
+    )
+    # Every process validates on the whole split: the metrics that pick the best checkpoint and stop
+    # early are then exactly one process's (a sharded split would need padding or uneven means).
+    val_loader = make_loader(val_table, preprocessor, train=False, **loader_args) if len(val_table) else None  # type: ignore[arg-type]
+
+    model = build_model(config, preprocessor)
+    if model.fusion is None:
+        log(f"fusion {config.fusion.name} not built: none of the objectives reads a fused vector")
+    if training.init_from is not None and resume_from is None:
+        copied = init_from(model, training.init_from)
+        log(f"initialised from {training.init_from}: {', '.join(copied)}")
+    if training.cache_frozen_outputs:
+        cached = model.cache_frozen_encoders()
+        if cached:
+            log(f"frozen encoders run once per distinct row (outputs cached): {', '.join(cached)}")
+    for name in model.objectives:
+        model.objective(name).fit_data(train_table, preprocessor)
+    trainable, total = count_parameters(model, trainable_only=True), count_parameters(model)
+    log(f"trainable parameters: {trainable:,} of {total:,} ({100 * trainable / max(total, 1):.2f} %)")
+    if training.unfreeze_after_epochs is not None and not (
+        isinstance(training.devices, int) and training.devices * training.num_nodes == 1
+    ):
+        raise DataError(
+            "training.unfreeze_after_epochs changes which parameters train mid-run, which DDP / FSDP cannot "
+            "follow; unset it or train on one device"
+        )
+    steps_per_epoch = math.ceil(len(train_loader) / training.accumulate_grad_batches)
+    module = PolyfuseModule(
+        model,
+        training,
+        total_steps=steps_per_epoch * training.epochs,
+        extra_state={"config": config.to_yaml(), "preprocessing": preprocessor.to_json()},
+        encoder_learning_rates={
+            n: e.learning_rate for n, e in config.encoders.items() if e.learning_rate is not None
+        },
     )
     fit_start = time.perf_counter()
     trainer.fit(module, train_loader, val_loader, ckpt_path=str(resume_from) if resume_from else None)
