@@ -109,6 +109,8 @@ def bench_vae(
     judges: dict[str, Path],
     epochs: int,
     samples: int,
+    overrides: dict[str, Any],
+    tag: str = "",
 ) -> dict[str, Any]:
     import polyfuse as pf
     from polyfuse.evaluation.generation import (
@@ -122,9 +124,9 @@ def bench_vae(
     from polyfuse.generation import image_grid, write_generated
 
     def choose(raw: dict[str, Any]) -> None:
-        raw["objectives"][0]["options"]["joint"] = joint
+        raw["objectives"][0]["options"].update(joint=joint, **overrides)
 
-    run, seconds = init_and_train(table, work, f"vae-{joint}", ["--objective", "vae"], choose, epochs)
+    run, seconds = init_and_train(table, work, f"vae-{joint}{tag}", ["--objective", "vae"], choose, epochs)
     model = pf.load(run / "model")
     judge = {name: pf.load(path) for name, path in judges.items()}
     frame = pd.read_csv(table)
@@ -183,18 +185,18 @@ def bench_vae(
     from PIL import Image
 
     real = [Image.open(base / p).convert("L") for p in first["image"]]
-    image_grid(real + images[:20], columns=20, scale=2).save(SAMPLES / f"{joint}_audio_to_image.png")
-    image_grid(prior["image"][:64], columns=8, scale=2).save(SAMPLES / f"{joint}_unconditional.png")
+    image_grid(real + images[:20], columns=20, scale=2).save(SAMPLES / f"{joint}{tag}_audio_to_image.png")
+    image_grid(prior["image"][:64], columns=8, scale=2).save(SAMPLES / f"{joint}{tag}_unconditional.png")
     for i in range(3):
         write_generated(
-            SAMPLES / f"{joint}_image_to_audio_{i}_digit{labels[i]}.wav",
+            SAMPLES / f"{joint}{tag}_image_to_audio_{i}_digit{labels[i]}.wav",
             [clips[i]],
             model.preprocessor.inputs["audio"],
             rate,
         )
     for i in range(2):
         write_generated(
-            SAMPLES / f"{joint}_unconditional_{i}.wav",
+            SAMPLES / f"{joint}{tag}_unconditional_{i}.wav",
             [prior["audio"][i]],
             model.preprocessor.inputs["audio"],
             rate,
@@ -204,6 +206,9 @@ def bench_vae(
 
 def write(results: dict[str, Any]) -> None:
     RESULTS.mkdir(exist_ok=True)
+    previous = RESULTS / "generation.json"
+    if previous.exists():  # another run (--joints, --tag) may have written its joints since we started
+        results["vae"] = json.loads(previous.read_text()).get("vae", {}) | results["vae"]
     atomic_write_text(RESULTS / "generation.json", json.dumps(results, indent=2))
     lines = [
         "# Multimodal VAEs on AV-Digits",
@@ -237,6 +242,14 @@ def main() -> None:
     parser.add_argument("--epochs", type=int, default=15)
     parser.add_argument("--judge-epochs", type=int, default=8)
     parser.add_argument("--samples", type=int, default=500, help="unconditional samples for joint coherence")
+    parser.add_argument(
+        "--vae-option",
+        action="append",
+        default=[],
+        metavar="KEY=YAML",
+        help="override one of init's vae options, e.g. likelihood_weights={audio: 0.3} (repeatable)",
+    )
+    parser.add_argument("--tag", default="", help="suffix of the joints' names in the results and files")
     parser.add_argument("--data", type=Path, default=None)
     parser.add_argument("--work", type=Path, default=None)
     args = parser.parse_args()
@@ -256,9 +269,7 @@ def main() -> None:
     shapes = make_synthetic_table(work / "shapes", n_rows=600, seed=0, missing_rate=0.0)
     machine = f"{platform.machine()}, {torch.get_num_threads()} threads, torch {torch.__version__}"
     results: dict[str, Any] = {"machine": machine, "epochs": args.epochs, "vae": {}}
-    previous = RESULTS / "generation.json"
-    if previous.exists():  # one joint per run (--joints): keep the joints measured before
-        results["vae"] = json.loads(previous.read_text()).get("vae", {})
+    overrides = {k: yaml.safe_load(v) for k, v in (o.split("=", 1) for o in args.vae_option)}
     judges = train_judges(table, work, args.judge_epochs)
     results["judges"] = {
         name: json.loads((path / "metrics.json").read_text())["test"]["label"]["accuracy"]
@@ -267,11 +278,12 @@ def main() -> None:
     write(results)
     for joint in args.joints:
         print(f"vae {joint} ...", flush=True)
-        results["vae"][joint] = bench_vae(
-            joint, table, noisy, shapes, work, judges, args.epochs, args.samples
+        key = f"{joint}{args.tag}"
+        results["vae"][key] = bench_vae(
+            joint, table, noisy, shapes, work, judges, args.epochs, args.samples, overrides, args.tag
         )
         write(results)
-        print(json.dumps(results["vae"][joint], indent=2), flush=True)
+        print(json.dumps(results["vae"][key], indent=2), flush=True)
 
 
 if __name__ == "__main__":
