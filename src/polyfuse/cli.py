@@ -398,8 +398,16 @@ def evaluate_command(
     ] = None,
     output: Annotated[Path | None, typer.Option("--output", "-o", help="write metrics as JSON here")] = None,
     encoding: EncodingOption = None,
+    anomaly_label: Annotated[
+        str | None,
+        typer.Option(
+            help="column marking out-of-distribution rows (1/true/yes; 0/false/no normal): adds the anomaly "
+            "score's ROC-AUC and the flag's precision/recall (autoencoder, vae models)"
+        ),
+    ] = None,
 ) -> None:
-    """Accuracy, macro precision/recall/F1 and the confusion matrix (or MAE/RMSE/R²) of MODEL_DIR on TABLE.
+    """Accuracy, macro precision/recall/F1 and the confusion matrix (or MAE/RMSE/R²) of MODEL_DIR on TABLE;
+    reconstruction errors (and, with --anomaly-label, anomaly ROC-AUC) for autoencoder / vae models.
 
     On the table the model was trained on, name a split (--split test): scoring every row would score
     the training rows too."""
@@ -408,7 +416,12 @@ def evaluate_command(
     from polyfuse.commands import evaluate_table
 
     metrics = evaluate_table(
-        model_dir, table, split=split, show_progress=sys.stderr.isatty(), encoding=encoding
+        model_dir,
+        table,
+        split=split,
+        show_progress=sys.stderr.isatty(),
+        encoding=encoding,
+        anomaly_label=anomaly_label,
     )
     for target, values in metrics.items():
         shown = ", ".join(f"{k} {v:.4f}" for k, v in values.items() if isinstance(v, float))

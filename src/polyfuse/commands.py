@@ -105,12 +105,23 @@ def evaluate_table(
     split: str | None = None,
     show_progress: bool = False,
     encoding: str | None = None,
+    anomaly_label: str | None = None,
 ) -> dict[str, Any]:
     """Metrics on the rows of one split (or, with split 'all' or on another table than the training one,
-    every row). The training table without a split is refused: it would score the training rows."""
+    every row). The training table without a split is refused: it would score the training rows.
+    `anomaly_label` names a column marking out-of-distribution rows: the anomaly score's ROC-AUC against it
+    is added (models with an anomaly score: autoencoder, vae)."""
     _refuse_training_table(model_dir, table_path, split)  # before the model loads: fail fast
     predictor = Predictor(model_dir, show_progress=show_progress)
-    return predictor.evaluate(_rows(predictor, table_path, split, encoding=encoding))
+    rows = _rows(predictor, table_path, split, encoding=encoding)
+    if anomaly_label is not None:
+        from polyfuse.evaluation.generation import anomaly_labels, anomaly_report
+
+        anomaly_labels(rows, anomaly_label)  # a bad label column fails before the model runs
+    metrics = predictor.evaluate(rows)
+    if anomaly_label is not None:
+        metrics["anomaly"] = anomaly_report(predictor, rows, anomaly_label)
+    return metrics
 
 
 def predict_table(

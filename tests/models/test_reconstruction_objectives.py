@@ -3,6 +3,7 @@ the KL term, missing inputs, anomaly calibration, generation back to images / so
 
 from __future__ import annotations
 
+import math
 from pathlib import Path
 from typing import Any
 
@@ -15,6 +16,7 @@ from polyfuse.data.modalities.audio import AudioConfig, audio_features
 from polyfuse.data.modalities.audio_inverse import feature_levels, features_to_waveform
 from polyfuse.data.prepare import prepare_data
 from polyfuse.generation import to_media
+from polyfuse.models.latent import subset_posterior
 from polyfuse.models.model import MultimodalModel, build_model
 from polyfuse.objectives.reconstruction import ReconstructionBase
 
@@ -85,6 +87,60 @@ def test_a_missing_input_leaves_the_elbo_and_only_that_term(vae: tuple[Multimoda
     had_image = output.present["image"]
     assert not torch.allclose(full[had_image], dropped[had_image])
     assert torch.allclose(dropped, garbage)
+
+
+def test_mopoe_decodes_one_drawn_subset_per_step_and_estimates_the_full_average(
+    vae: tuple[MultimodalModel, Any, Any],
+) -> None:
+    model, batch, _ = vae
+    objective: Any = model.objective("vae")
+    assert objective.joint == "mopoe" and len(objective.components) == 31 and objective.sample_subsets
+    calls = []
+    hook = objective.decoder("image").register_forward_hook(lambda *_: calls.append(1))
+    model.eval()  # frozen batch-norm statistics: only the drawn subsets differ between the calls below
+    try:
+        with torch.no_grad():
+            output = model(batch)
+            present = output.present
+            exact_nll, exact_kl, _ = objective._elbo_terms(output, batch, present, 0.0)
+            assert len(calls) == 31  # every subset decoded
+            generator = torch.Generator().manual_seed(0)
+            draws = [objective._elbo_terms(output, batch, present, 0.0, True, generator) for _ in range(100)]
+            assert len(calls) == 31 + 100  # one decoder pass per step
+            one = {n: p if n == "image" else torch.zeros_like(p) for n, p in present.items()}
+            alone = objective._elbo_terms(output, batch, one, 0.0)[0]
+            alone_drawn = objective._elbo_terms(output, batch, one, 0.0, True, generator)[0]
+    finally:
+        hook.remove()
+    # the KL is the exact average over the row's subsets either way (no decoding needed for it)
+    assert all(torch.equal(kl, exact_kl) for _, kl, _ in draws)
+    # with the image alone, {image} is the only valid subset: drawing changes nothing
+    assert torch.allclose(alone_drawn, alone)
+    # each row's drawn NLL is exactly that of one of its valid subsets, and they average to the mean over
+    # all of them (the per-subset NLLs spread over a few hundred nats per row here)
+    per_subset, valid = subset_nlls(objective, output, batch)
+    for nll, _, _ in draws:
+        matches = torch.isclose(nll[:, None], per_subset, rtol=1e-5) & valid  # (B, K)
+        assert matches.any(1).all()
+    assert torch.allclose(torch.where(valid, per_subset, 0.0).sum(1) / valid.sum(1), exact_nll, rtol=1e-5)
+    spread = torch.where(valid, per_subset, -math.inf).amax(1) - torch.where(
+        valid, per_subset, math.inf
+    ).amin(1)
+    estimate = torch.stack([nll for nll, _, _ in draws]).mean(0)
+    assert ((estimate - exact_nll).abs() < 0.2 * spread).all()
+
+
+def subset_nlls(objective: Any, output: Any, batch: Any) -> tuple[torch.Tensor, torch.Tensor]:
+    """The weighted NLL at each subset posterior's mean (B, K) and where the subset is valid (B, K)."""
+    experts = objective.experts(output)
+    masks = [output.present[n] for n in objective.inputs]
+    nlls, valid = [], []
+    with torch.no_grad():
+        for subset in objective.components:
+            posterior, ok = subset_posterior(objective.joint, experts, masks, subset)
+            nlls.append(objective._weighted_nll(posterior.mean, batch, output.present))
+            valid.append(ok)
+    return torch.stack(nlls, 1), torch.stack(valid, 1)
 
 
 def test_calibration_flags_the_chosen_share_of_validation_rows(vae: tuple[MultimodalModel, Any, Any]) -> None:

@@ -10,7 +10,9 @@ import torch
 from polyfuse.models.latent import (
     Gaussian,
     components,
+    draw_components,
     joint_posterior,
+    pick,
     product_of_experts,
     subset_posterior,
 )
@@ -82,3 +84,41 @@ def test_kl_to_the_prior_is_the_closed_form_and_non_zero() -> None:
     # ½ Σ (σ² + μ² − 1 − log σ²) = ½ [(1 + 1 − 1 − 0) + (4 + 0 − 1 − log 4)] = ½ (4 − log 4)
     assert gaussian.kl_to_standard_normal().item() == pytest.approx(0.5 * (4 - math.log(4)))
     assert Gaussian(torch.zeros(1, 3), torch.zeros(1, 3)).kl_to_standard_normal().item() == 0.0
+
+
+def mopoe_parts(rows: int = 1) -> tuple[list[Gaussian], torch.Tensor]:
+    """mopoe's components of experts() for row 0 repeated `rows` times, then row 1; and validity (B, 3)."""
+    parts, present = experts()
+    index = torch.tensor([0] * rows + [1])
+    parts = [Gaussian(p.mean[index], p.logvar[index]) for p in parts]
+    present = [m[index] for m in present]
+    subsets = [subset_posterior("mopoe", parts, present, s) for s in components("mopoe", 2)]
+    return [g for g, _ in subsets], torch.stack([v for _, v in subsets], dim=1)
+
+
+def test_drawn_subsets_are_valid_ones_and_seeded_draws_are_reproducible() -> None:
+    _, valid = mopoe_parts()
+    generator = torch.Generator().manual_seed(0)
+    draws = [draw_components(valid, generator).tolist() for _ in range(8)]
+    # row 0 has both inputs: any of {a}, {b}, {a, b}; row 1 lacks b: only {a} is valid
+    assert [d[0] for d in draws] == [2, 0, 0, 2, 0, 2, 1, 1]
+    assert [d[1] for d in draws] == [0] * 8
+
+
+def test_one_drawn_subset_per_row_is_an_unbiased_estimate_of_the_mopoe_average() -> None:
+    """E over (subset k ~ uniform on the valid ones, z ~ q_k) of z² equals the average over the valid
+    subsets of E_q_k[z²] = μ_k² + σ_k²: for row 0, ({a}: 4 + 1, {b}: 1 + 1/3, {a, b}: 1/16 + 1/4) / 3."""
+    rows = 200_000  # the estimate's standard error is then ~0.007
+    parts, valid = mopoe_parts(rows)
+    generator = torch.Generator().manual_seed(0)
+    choice = draw_components(valid, generator)
+    z = pick(parts, choice).sample(1.0, generator)  # (rows + 1, 1)
+    exact = (5.0 + 4 / 3 + 0.3125) / 3  # 2.2153
+    assert z[:rows].square().mean().item() == pytest.approx(exact, abs=0.03)
+    assert torch.bincount(choice[:rows], minlength=3).div(rows).tolist() == pytest.approx(
+        [1 / 3] * 3, abs=0.005
+    )
+    # row 1 has {a} alone: its draw is a sample of N(2, 1)
+    assert choice[rows].item() == 0
+    # a row with no valid subset still gets an index (component 0), which callers mask out
+    assert draw_components(torch.zeros(2, 3, dtype=torch.bool)).tolist() == [0, 0]

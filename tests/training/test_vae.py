@@ -38,7 +38,7 @@ def vae_run(
     assert raw["objectives"][0]["options"]["audio_frames"] > 1  # sized from the table's clips
     raw["encoders"] = {n: small_encoders[n].model_dump() for n in raw["encoders"]}
     raw["training"].update(epochs=2, batch_size=16, early_stopping_patience=None)
-    # two inputs keep it quick: mopoe's ELBO decodes every non-empty subset (31 of 5 inputs, 3 of 2)
+    # two inputs keep it quick (anomaly scores average the ELBO over every non-empty subset: 3 of 2 inputs)
     raw["objectives"][0]["options"].update(inputs=["audio", "image"], latent_dim=8, false_alarm_rate=0.1)
     raw["data"]["cache_dir"] = str(work / "cache")
     config_path.write_text(yaml.safe_dump(raw, sort_keys=False))
@@ -120,3 +120,43 @@ def test_evaluate_reports_reconstruction(vae_run: Path, synthetic_table: Path) -
     result = runner.invoke(app, ["evaluate", str(vae_run / "model"), str(synthetic_table), "--split", "test"])
     assert result.exit_code == 0, result.output
     assert "image_mse" in result.output
+
+
+def test_evaluate_scores_the_anomaly_flag_against_a_label_column(
+    vae_run: Path, synthetic_table: Path, tmp_path: Path
+) -> None:
+    frame = pd.read_csv(synthetic_table)
+    normal = frame[(frame["split"] == "test") & frame["image"].notna()].head(15).copy()
+    for column in ("image", "audio"):
+        normal[column] = [
+            str(synthetic_table.parent / p) if isinstance(p, str) else p for p in normal[column]
+        ]
+    odd = normal.copy()
+    rng = np.random.default_rng(0)
+    for i in range(len(odd)):  # the same rows with their image swapped for pure noise
+        noise = tmp_path / f"noise{i}.png"
+        Image.fromarray(rng.integers(0, 256, (32, 32, 3), dtype=np.uint8)).save(noise)
+        odd.iloc[i, odd.columns.get_loc("image")] = str(noise)
+    normal["ood"], odd["ood"] = "no", "yes"
+    table = tmp_path / "ood.csv"
+    pd.concat([normal, odd]).to_csv(table, index=False)
+    report = tmp_path / "metrics.json"
+    args = ["evaluate", str(vae_run / "model"), str(table), "--anomaly-label", "ood", "-o", str(report)]
+    result = runner.invoke(app, args)
+    assert result.exit_code == 0, result.output
+    anomaly = json.loads(report.read_text())["anomaly"]
+    assert anomaly["rows"] == 30 and anomaly["out_of_distribution"] == 15 and anomaly["left_out"] == 0
+    assert anomaly["roc_auc"] > 0.9  # noise images are far from anything the model rebuilt in training
+    assert 0.0 <= anomaly["flag_false_alarm_rate"] <= 1.0 and anomaly["flag_recall"] > 0.5
+    assert "image_mse" in json.loads(report.read_text())["vae"]
+    # a label the command cannot read names its row and column; a missing column names the columns
+    pd.concat([normal, odd.assign(ood="maybe")]).to_csv(table, index=False)
+    result = runner.invoke(app, args)
+    assert isinstance(result.exception, DataError)
+    assert "row 15" in str(result.exception) and "column 'ood'" in str(result.exception)
+    result = runner.invoke(app, [*args[:3], "--anomaly-label", "nope"])
+    assert isinstance(result.exception, DataError) and "'nope' is not in the table" in str(result.exception)
+    # one class only: no ROC-AUC to compute
+    normal.to_csv(table, index=False)
+    result = runner.invoke(app, args)
+    assert isinstance(result.exception, DataError) and "needs both" in str(result.exception)

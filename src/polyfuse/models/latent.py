@@ -13,6 +13,11 @@ present inputs' experts take part:
 
 A mixture is handled as its components: `components` lists the subsets, and `subset_posterior` gives each
 one's Gaussian with a (B,) validity mask (the subset is non-empty and all of it present in the row).
+
+The ELBO averages a term over a row's valid components. Decoding every one of them costs one decoder pass
+per component (2^M − 1 for MoPoE over M inputs); `draw_components` instead picks one valid component per
+row, uniformly, so that the term of the picked component is an unbiased estimate of the average (MoPoE-VAE's
+own training recipe): E_k[f_k] = (1/K_valid) Σ_k f_k.
 """
 
 from __future__ import annotations
@@ -113,6 +118,22 @@ def joint_posterior(
     return [g for g, _ in parts], weights
 
 
+def draw_components(valid: Tensor, generator: torch.Generator | None = None) -> Tensor:
+    """(B,) long: one component per row, drawn uniformly among its valid ones (valid: (B, K) bool). A row
+    with none gets component 0 (callers mask it out)."""
+    weights = valid.float()
+    weights[:, 0] = torch.where(valid.any(1), weights[:, 0], 1.0)
+    return torch.multinomial(weights, 1, generator=generator).squeeze(1)
+
+
+def pick(parts: list[Gaussian], choice: Tensor) -> Gaussian:
+    """The Gaussian of component choice[b] for each row b: mean and logvar (B, Z)."""
+    means = torch.stack([p.mean for p in parts], dim=1)  # (B, K, Z)
+    logvars = torch.stack([p.logvar for p in parts], dim=1)
+    rows = torch.arange(means.shape[0], device=means.device)
+    return Gaussian(means[rows, choice], logvars[rows, choice])
+
+
 def sample_mixture(
     parts: list[Gaussian], weights: Tensor, temperature: float, generator: torch.Generator | None
 ) -> Tensor:
@@ -122,7 +143,4 @@ def sample_mixture(
         return parts[0].sample(temperature, generator)
     safe = torch.where(weights.sum(1, keepdim=True) > 0, weights, 1.0)
     choice = torch.multinomial(safe, 1, generator=generator).squeeze(1)  # (B,)
-    means = torch.stack([p.mean for p in parts], dim=1)  # (B, K, Z)
-    logvars = torch.stack([p.logvar for p in parts], dim=1)
-    rows = torch.arange(means.shape[0], device=means.device)
-    return Gaussian(means[rows, choice], logvars[rows, choice]).sample(temperature, generator)
+    return pick(parts, choice).sample(temperature, generator)
