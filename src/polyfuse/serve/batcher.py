@@ -1,21 +1,24 @@
 """Dynamic micro-batching: requests that arrive close together share one forward pass.
 
 One thread owns the model. It takes the oldest waiting request, then keeps taking requests until the batch
-holds `max_batch_rows` rows or the oldest has waited `max_wait_ms`, runs them as one batch, and hands each
-request back exactly its own rows (slices by position; a request is never split across two batches
-unless it alone is larger than a batch, and is then run alone). A request that timed out before its turn
-is dropped from the queue instead of run. With batching disabled every request runs alone.
+holds `max_batch_rows` rows, the oldest has waited `max_wait_ms`, or no admitted request is still on its
+way (being read or decoded): a lone request never waits for company that cannot come. It runs them as one
+batch and hands each request back exactly its own rows (slices by position; a request is never split
+across two batches unless it alone is larger than a batch, and is then run alone). A request that timed
+out before its turn is dropped from the queue instead of run. With batching disabled every request runs
+alone.
 
 Admission (the bounded queue) is counted by the caller with `try_admit` / `release`, so a full server
-answers 503 before reading or decoding anything.
+answers 503 before reading or decoding anything; the ticket `try_admit` returns tells the batching thread
+whether the request is still on its way.
 """
 
 from __future__ import annotations
 
 import asyncio
-import queue
 import threading
 import time
+from collections import deque
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any, Generic, TypeVar
@@ -24,6 +27,13 @@ from polyfuse.serve.settings import Batching
 
 Item = TypeVar("Item")
 Result = TypeVar("Result")
+
+
+@dataclass
+class Ticket:
+    """One admitted request. Until it is queued (or released unqueued) it counts as on its way."""
+
+    queued: bool = False
 
 
 @dataclass
@@ -51,24 +61,32 @@ class MicroBatcher(Generic[Item, Result]):
         self._run = run
         self.settings = settings
         self._on_batch = on_batch
-        self._queue: queue.Queue[Any] = queue.Queue()
-        self._carry: _Job[Item, Result] | None = None
-        self._pending = 0
-        self._lock = threading.Lock()
+        # Both counters and the queue are guarded by one condition, which the batching thread waits on.
+        self._changed = threading.Condition()
+        self._jobs: deque[Any] = deque()  # _Job, or _STOP last
+        self._pending = 0  # admitted and not yet released: what max_pending bounds
+        self._arriving = 0  # admitted and not yet queued: body being read, rows being decoded
         self._thread = threading.Thread(target=self._loop, name="polyfuse-batcher", daemon=True)
         self._thread.start()
 
     # --- admission (event loop) ---------------------------------------------------------------------
-    def try_admit(self) -> bool:
-        with self._lock:
+    def try_admit(self) -> Ticket | None:
+        """A ticket for one more request, or None when `max_pending` requests are already admitted."""
+        with self._changed:
             if self._pending >= self.settings.max_pending:
-                return False
+                return None
             self._pending += 1
-            return True
+            self._arriving += 1
+            return Ticket()
 
-    def release(self) -> None:
-        with self._lock:
+    def release(self, ticket: Ticket) -> None:
+        """The request is answered (or refused): free its place. Call once per ticket, queued or not."""
+        with self._changed:
             self._pending -= 1
+            if not ticket.queued:
+                # refused before it was queued (bad rows, timeout): a batch waiting for it need not wait
+                self._arriving -= 1
+                self._changed.notify()
 
     @property
     def pending(self) -> int:
@@ -76,13 +94,19 @@ class MicroBatcher(Generic[Item, Result]):
 
     @property
     def queue_depth(self) -> int:
-        return self._queue.qsize() + (self._carry is not None)
+        with self._changed:
+            return sum(1 for job in self._jobs if job is not _STOP)
 
-    async def submit(self, payload: Item, rows: int, timeout: float) -> Result:
-        """Queue one request; its result, or TimeoutError after `timeout` seconds (then never run)."""
+    async def submit(self, ticket: Ticket, payload: Item, rows: int, timeout: float) -> Result:
+        """Queue one admitted request; its result, or TimeoutError after `timeout` seconds (then never
+        run)."""
         loop = asyncio.get_running_loop()
         job: _Job[Item, Result] = _Job(rows, payload, loop.create_future(), loop)
-        self._queue.put(job)
+        with self._changed:
+            ticket.queued = True
+            self._arriving -= 1
+            self._jobs.append(job)
+            self._changed.notify()
         try:
             return await asyncio.wait_for(asyncio.shield(job.future), timeout)
         except (TimeoutError, asyncio.CancelledError):
@@ -91,49 +115,53 @@ class MicroBatcher(Generic[Item, Result]):
 
     def close(self) -> None:
         """Finish everything queued, then stop the thread."""
-        self._queue.put(_STOP)
+        with self._changed:
+            self._jobs.append(_STOP)
+            self._changed.notify()
         self._thread.join()
 
     # --- the batching thread ------------------------------------------------------------------------
-    def _next(self, timeout: float | None) -> Any:
-        if self._carry is not None:
-            job, self._carry = self._carry, None
-            return job
-        if timeout is None:
-            return self._queue.get()
-        return self._queue.get(timeout=timeout) if timeout > 0 else self._queue.get_nowait()
-
     def _loop(self) -> None:
-        stopping = False
-        while not stopping:
-            first = self._next(None)
-            if first is _STOP:
+        while True:
+            batch = self._next_batch()
+            if not batch:
                 break
-            batch, rows = [first], first.rows
-            deadline = first.queued_at + self.settings.max_wait_ms / 1000
-            while self.settings.enabled and rows < self.settings.max_batch_rows:
-                try:
-                    job = self._next(deadline - time.monotonic())
-                except queue.Empty:
-                    break
-                if job is _STOP:
-                    stopping = True  # run what we hold, then stop
-                    break
-                if rows + job.rows > self.settings.max_batch_rows:
-                    self._carry = job  # first of the next batch
-                    break
-                batch.append(job)
-                rows += job.rows
             self._execute(batch)
-            if stopping and self._carry is not None:
-                self._execute([self._carry])
-                self._carry = None
-        # drain anything still queued behind the stop marker (nothing should be: the server stopped
-        # accepting before closing us), answering rather than dropping it
-        while not self._queue.empty():
-            job = self._queue.get_nowait()
-            if job is not _STOP:
-                self._execute([job])
+        # anything queued behind the stop marker (nothing should be: the server stopped accepting before
+        # closing us) is answered rather than dropped
+        with self._changed:
+            leftover = [job for job in self._jobs if job is not _STOP]
+            self._jobs.clear()
+        for job in leftover:
+            self._execute([job])
+
+    def _next_batch(self) -> list[_Job[Item, Result]]:
+        """The next batch to run (the oldest request first), or [] at the stop marker."""
+        settings = self.settings
+        with self._changed:
+            while not self._jobs:
+                self._changed.wait()
+            if self._jobs[0] is _STOP:
+                self._jobs.popleft()
+                return []
+            first = self._jobs.popleft()
+            batch, rows = [first], first.rows
+            deadline = first.queued_at + settings.max_wait_ms / 1000
+            while settings.enabled and rows < settings.max_batch_rows:
+                if self._jobs:
+                    job = self._jobs[0]
+                    if job is _STOP or rows + job.rows > settings.max_batch_rows:
+                        break  # it heads the next turn: the stop marker, or the first of the next batch
+                    self._jobs.popleft()
+                    if not job.abandoned:
+                        batch.append(job)
+                        rows += job.rows
+                    continue
+                remaining = deadline - time.monotonic()
+                if self._arriving == 0 or remaining <= 0:
+                    break  # nobody else is on the way, or the oldest has waited long enough
+                self._changed.wait(remaining)
+            return batch
 
     def _execute(self, batch: list[_Job[Item, Result]]) -> None:
         live = [job for job in batch if not job.abandoned]
