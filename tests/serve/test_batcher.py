@@ -1,22 +1,20 @@
-"""The micro-batcher on its own: when a batch closes, and what admission counts (no model, no HTTP)."""
+"""The micro-batcher on its own: when a batch waits for company and when it does not (no model, no HTTP)."""
 
 from __future__ import annotations
 
 import asyncio
 import threading
-from collections.abc import Iterator
-
-import pytest
+from collections.abc import Callable, Coroutine
+from typing import Any
 
 from polyfuse.serve.batcher import MicroBatcher
 from polyfuse.serve.settings import Batching
 
-LONG_WAIT = Batching(max_wait_ms=60_000, max_batch_rows=8, max_pending=3)  # a wait no test could sit out
-ANSWER_WITHIN_S = 20.0  # far below LONG_WAIT: a request answered in time never sat out the wait
+LONG_WAIT_MS = 60_000  # a wait no test could sit out
+ANSWER_WITHIN_S = 20.0  # far below LONG_WAIT_MS: a request answered in time never sat out the wait
 
 
-@pytest.fixture
-def recorded() -> Iterator[tuple[MicroBatcher[str, str], list[list[str]]]]:
+def recording(settings: Batching) -> tuple[MicroBatcher[str, str], list[list[str]]]:
     batches: list[list[str]] = []
     lock = threading.Lock()
 
@@ -25,84 +23,74 @@ def recorded() -> Iterator[tuple[MicroBatcher[str, str], list[list[str]]]]:
             batches.append(list(payloads))
         return [p.upper() for p in payloads]
 
-    batcher: MicroBatcher[str, str] = MicroBatcher(run, LONG_WAIT)
-    yield batcher, batches
-    batcher.close()
+    return MicroBatcher(run, settings), batches
 
 
-def test_a_lone_request_runs_without_waiting_for_company(
-    recorded: tuple[MicroBatcher[str, str], list[list[str]]],
-) -> None:
-    batcher, batches = recorded
+def admitted(
+    batcher: MicroBatcher[str, str], payload: str, delay_s: float = 0.0
+) -> Callable[[], Coroutine[Any, Any, str]]:
+    """A coroutine factory: one request admitted now, queued after `delay_s` (reading and decoding)."""
+    assert batcher.try_admit()
 
-    async def lone() -> str:
-        ticket = batcher.try_admit()
-        assert ticket is not None
+    async def request() -> str:
         try:
-            return await batcher.submit(ticket, "a", 1, ANSWER_WITHIN_S)
+            await asyncio.sleep(delay_s)
+            return await batcher.submit(payload, 1, ANSWER_WITHIN_S)
         finally:
-            batcher.release(ticket)
+            batcher.release()
 
-    assert asyncio.run(lone()) == "A"
-    assert batches == [["a"]]
-    assert batcher.pending == 0
+    return request
 
 
-def test_a_batch_waits_for_admitted_requests_still_decoding(
-    recorded: tuple[MicroBatcher[str, str], list[list[str]]],
-) -> None:
-    batcher, batches = recorded
+def test_a_request_alone_in_the_server_runs_without_waiting_for_company() -> None:
+    batcher, batches = recording(Batching(max_wait_ms=LONG_WAIT_MS))
+    try:
 
-    async def two() -> list[str]:
-        first, second = batcher.try_admit(), batcher.try_admit()
-        assert first is not None and second is not None
+        async def one_after_another() -> list[str]:
+            return [await admitted(batcher, payload)() for payload in ("a", "b", "c")]
 
-        async def later() -> str:
-            await asyncio.sleep(0.2)  # the second request is still being decoded when the first queues
-            return await batcher.submit(second, "b", 1, ANSWER_WITHIN_S)
-
-        try:
-            return list(await asyncio.gather(batcher.submit(first, "a", 1, ANSWER_WITHIN_S), later()))
-        finally:
-            batcher.release(first)
-            batcher.release(second)
-
-    assert asyncio.run(two()) == ["A", "B"]
-    assert batches == [["a", "b"]]  # one forward pass: the first waited for the second
+        assert asyncio.run(one_after_another()) == ["A", "B", "C"]
+        assert batches == [["a"], ["b"], ["c"]]
+        assert batcher.pending == 0
+    finally:
+        batcher.close()
 
 
-def test_a_request_refused_before_queueing_does_not_hold_the_batch(
-    recorded: tuple[MicroBatcher[str, str], list[list[str]]],
-) -> None:
-    batcher, batches = recorded
+def test_a_request_waits_for_others_admitted_with_it_and_shares_their_pass() -> None:
+    batcher, batches = recording(Batching(max_wait_ms=LONG_WAIT_MS, max_batch_rows=3))
+    try:
 
-    async def one_refused() -> str:
-        first, refused = batcher.try_admit(), batcher.try_admit()
-        assert first is not None and refused is not None
+        async def three() -> list[str]:
+            # all three are admitted at once; two are still being decoded when the first is queued
+            requests = [admitted(batcher, "a"), admitted(batcher, "b", 0.1), admitted(batcher, "c", 0.2)]
+            return list(await asyncio.gather(*(r() for r in requests)))
 
-        async def refuse_later() -> None:
-            await asyncio.sleep(0.2)
-            batcher.release(refused)  # e.g. its rows were invalid: 422, never queued
+        assert asyncio.run(three()) == ["A", "B", "C"]
+        assert batches == [["a", "b", "c"]]  # one forward pass, closed when full
+    finally:
+        batcher.close()
 
-        try:
-            answer, _ = await asyncio.gather(batcher.submit(first, "a", 1, ANSWER_WITHIN_S), refuse_later())
-            return answer
-        finally:
-            batcher.release(first)
 
-    assert asyncio.run(one_refused()) == "A"
-    assert batches == [["a"]]
+def test_the_wait_for_company_ends_at_max_wait() -> None:
+    batcher, batches = recording(Batching(max_wait_ms=50, max_batch_rows=8))
+    try:
+
+        async def two_far_apart() -> list[str]:
+            requests = [admitted(batcher, "a"), admitted(batcher, "b", 1.0)]
+            return list(await asyncio.gather(*(r() for r in requests)))
+
+        assert asyncio.run(two_far_apart()) == ["A", "B"]
+        assert batches == [["a"], ["b"]]  # the first did not wait 1 s for the second
+    finally:
+        batcher.close()
 
 
 def test_admission_is_bounded_and_released() -> None:
-    batcher: MicroBatcher[str, str] = MicroBatcher(lambda payloads: payloads, LONG_WAIT)
+    batcher, _ = recording(Batching(max_pending=3))
     try:
-        tickets = [batcher.try_admit() for _ in range(LONG_WAIT.max_pending)]
-        assert all(t is not None for t in tickets)
-        assert batcher.try_admit() is None  # full: the caller answers 503
-        first = tickets[0]
-        assert first is not None
-        batcher.release(first)
-        assert batcher.try_admit() is not None
+        assert all(batcher.try_admit() for _ in range(3))
+        assert not batcher.try_admit()  # full: the caller answers 503
+        batcher.release()
+        assert batcher.try_admit()
     finally:
         batcher.close()

@@ -257,8 +257,7 @@ def add_inference_route(
             raise ApiError(503, "not_ready", "the model is not loaded yet", headers={"Retry-After": "1"})
         engine, batcher = state.engine, state.batcher
         settings = state.settings
-        ticket = batcher.try_admit()
-        if ticket is None:
+        if not batcher.try_admit():
             state.metrics.rejected.labels("queue_full").inc()
             raise ApiError(
                 503,
@@ -290,16 +289,14 @@ def add_inference_route(
             def answer(engine_: Engine, outputs: RequestOutputs) -> list[dict[str, Any]]:
                 return formatter(engine_, outputs, options)
 
-            answers = await batcher.submit(
-                ticket, (samples, answer), len(samples), deadline - time.monotonic()
-            )
+            answers = await batcher.submit((samples, answer), len(samples), deadline - time.monotonic())
         except TimeoutError:
             state.metrics.rejected.labels("timeout").inc()
             raise ApiError(
                 504, "timeout", f"no answer within {settings.batching.request_timeout_s} s; retry later"
             ) from None
         finally:
-            batcher.release(ticket)
+            batcher.release()
             state.metrics.pending.dec()
         return JSONResponse({"request_id": request.scope["state"]["request_id"], name: answers})
 
