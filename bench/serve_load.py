@@ -203,6 +203,7 @@ def write(results: dict[str, Any]) -> None:
         "# Serving load on AV-Digits",
         "",
         f"Machine: {results['machine']}. Model: {results['model']}. {results['method']}",
+        f"Load average (1 min) before / after: {results['load_before']} / {results['load_after']}.",
         "",
         "| clients | batching | req/s | p50 ms | p99 ms | rows per forward | 5xx | on/off throughput |",
         "|---:|---|---:|---:|---:|---:|---:|---:|",
@@ -238,7 +239,9 @@ def main() -> None:
     table, model, train_seconds = trained_model(args.work, args.epochs)
     bodies = request_bodies(table, 200)
     results: dict[str, Any] = {
-        "machine": f"{platform.machine()}, {os.cpu_count()} CPU threads, torch {torch.__version__}",
+        "machine": f"{platform.machine()}, {os.cpu_count()} CPU threads, torch {torch.__version__}, "
+        f"OMP_NUM_THREADS={os.environ.get('OMP_NUM_THREADS', 'unset')}",
+        "load_before": round(os.getloadavg()[0], 2),  # 1-min load average: others' jobs on a shared box
         "model": f"AV-Digits, polyfuse init defaults, {args.epochs} epochs"
         + (f" (trained in {train_seconds:.0f} s)" if train_seconds else " (reused)"),
         "method": f"one-row JSON requests (image + audio, base64), {args.warmup:.0f} s warm-up then "
@@ -246,6 +249,7 @@ def main() -> None:
         "metrics": json.loads((model / "metrics.json").read_text()).get("test", {}),
     }
     results.update(measure(model, bodies, args.work, args.warmup, args.seconds))
+    results["load_after"] = round(os.getloadavg()[0], 2)
     on, off = results["batching_on"], results["batching_off"]
     results["throughput_ratio_on_off"] = {
         str(c): round(on[str(c)]["throughput_rps"] / max(off[str(c)]["throughput_rps"], 1e-9), 2)

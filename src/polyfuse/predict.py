@@ -92,6 +92,10 @@ class Predictor:
         return self._collect(rows, base_dir, lambda output, _: objective.infer(output))
 
     def _labels(self, outputs: dict[str, torch.Tensor]) -> pd.DataFrame:
+        return pd.DataFrame(self._label_columns(outputs))
+
+    def _label_columns(self, outputs: dict[str, torch.Tensor]) -> dict[str, list[Any]]:
+        """Target → one label (or value) per row: what `_labels` puts in its frame, without pandas."""
         columns: dict[str, list[Any]] = {}
         for target, spec in self.specs.items():
             out = outputs[target]
@@ -105,13 +109,17 @@ class Predictor:
                 ]
             else:
                 columns[target] = [spec.classes[i] for i in out.argmax(-1).tolist()]
-        return pd.DataFrame(columns)
+        return columns
 
     def _probabilities(self, outputs: dict[str, torch.Tensor], target: str) -> pd.DataFrame:
-        spec = self.specs[target]
+        return pd.DataFrame(
+            self._probability_tensor(outputs, target).numpy(), columns=self.specs[target].classes
+        )
+
+    def _probability_tensor(self, outputs: dict[str, torch.Tensor], target: str) -> torch.Tensor:
+        """(N, C) class probabilities of a classification or multi-label target, columns in `classes` order."""
         logits = outputs[target]
-        probs = torch.sigmoid(logits) if spec.task == "multilabel" else torch.softmax(logits, -1)
-        return pd.DataFrame(probs.numpy(), columns=spec.classes)
+        return torch.sigmoid(logits) if self.specs[target].task == "multilabel" else torch.softmax(logits, -1)
 
     def predict(self, rows: Rows | Table, base_dir: Path | None = None) -> pd.DataFrame:
         """One column per target: the predicted class name, the '|'-joined labels over 0.5 (multi-label),

@@ -25,7 +25,6 @@ from typing import TYPE_CHECKING, Any, ClassVar, Literal
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
-from torchmetrics.functional.classification import binary_auroc
 
 from polyfuse.models.outputs import EncoderOutput
 from polyfuse.objectives.base import ObjectiveContext, label_target, select_inputs
@@ -195,6 +194,10 @@ class MatchingObjective(nn.Module):
         return {"positive_score": positive, "negative_score": negative}
 
     def score(self, rows: dict[str, Tensor]) -> dict[str, Any]:
+        # torchmetrics imported here, not at module level: it pulls in transformers (~1 s) and every
+        # model imports this module through the objective registry, including for `polyfuse predict`
+        from torchmetrics.functional.classification import binary_auroc
+
         scores, truth = _scored(rows)
         if truth.sum() == 0 or truth.sum() == len(truth):
             return {"consistency": {"pairs": len(truth)}}

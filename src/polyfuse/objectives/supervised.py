@@ -15,7 +15,6 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from polyfuse.data.preprocess import Preprocessor, TargetSpec
-from polyfuse.evaluation.metrics import target_metrics
 from polyfuse.models.heads import TaskHead
 from polyfuse.objectives.base import ObjectiveContext
 
@@ -213,6 +212,10 @@ class SupervisedObjective(nn.Module):
         return rows
 
     def score(self, rows: dict[str, Tensor]) -> dict[str, Any]:
+        # imported when scoring, not with the objective: torchmetrics pulls in transformers and scipy
+        # (~1.5 s), which loading a model to predict does not need
+        from polyfuse.evaluation.metrics import target_metrics
+
         return {
             t: target_metrics(rows[f"logits/{t}"], rows[f"target/{t}"], spec)
             for t, spec in self.specs.items()

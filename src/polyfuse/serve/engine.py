@@ -174,28 +174,30 @@ class Engine:
 
     # --- answers ------------------------------------------------------------------------------------
     def predictions(self, outputs: RequestOutputs) -> list[dict[str, Any]]:
-        """Per row, per target: the prediction and (classification) the probability of every class."""
-        labels = self.predictor._labels(outputs.logits)
+        """Per row, per target: the prediction and (classification) the probability of every class.
+
+        The values are those of `Predictor.predict` / `predict_proba`, read straight from the tensors: a
+        pandas frame per request cost ~1 ms on the batching thread, which serves every request in turn.
+        """
+        labels = self.predictor._label_columns(outputs.logits)
         per_target: dict[str, list[dict[str, Any]]] = {}
         for target, spec in self.specs.items():
-            answers: list[dict[str, Any]] = []
-            values = labels[target].tolist()
+            values = labels[target]
             if spec.task == "regression":
-                answers = [{"prediction": float(v)} for v in values]
-            else:
-                probs = self.predictor._probabilities(outputs.logits, target)
-                rows = probs.to_dict("records")
-                for value, row_probs in zip(values, rows, strict=True):
-                    prediction: Any = (
-                        value if spec.task == "classification" else [v for v in value.split("|") if v]
-                    )
-                    answers.append(
-                        {
-                            "prediction": prediction,
-                            "probabilities": {str(k): float(p) for k, p in row_probs.items()},
-                        }
-                    )
-            per_target[target] = answers
+                per_target[target] = [{"prediction": float(v)} for v in values]
+                continue
+            classes = [str(c) for c in spec.classes]
+            # float32 → Python float, as pandas gives it for predict_proba
+            probabilities = self.predictor._probability_tensor(outputs.logits, target).tolist()
+            per_target[target] = [
+                {
+                    "prediction": value
+                    if spec.task == "classification"
+                    else [v for v in value.split("|") if v],
+                    "probabilities": dict(zip(classes, row, strict=True)),
+                }
+                for value, row in zip(values, probabilities, strict=True)
+            ]
         n = len(next(iter(per_target.values()))) if per_target else 0
         return [{t: per_target[t][i] for t in self.specs} for i in range(n)]
 

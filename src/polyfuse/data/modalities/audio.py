@@ -26,7 +26,6 @@ import numpy.typing as npt
 import soundfile as sf
 import torch
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
-from scipy.signal import resample_poly
 
 from polyfuse.data.errors import MediaError
 from polyfuse.data.media import MediaSource, describe_source, read_source_bytes
@@ -167,7 +166,10 @@ def decode_audio(source: MediaSource, cfg: AudioConfig) -> npt.NDArray[np.float3
         ) from None
 
     if rate != cfg.sample_rate:
-        # polyphase resampling with scipy's default Kaiser low-pass (anti-aliasing when downsampling)
+        # polyphase resampling with scipy's default Kaiser low-pass (anti-aliasing when downsampling);
+        # imported here: scipy.signal takes ~0.5 s to import and most clips need no resampling
+        from scipy.signal import resample_poly
+
         gcd = math.gcd(rate, cfg.sample_rate)
         mono = resample_poly(mono, cfg.sample_rate // gcd, rate // gcd).astype(np.float32)
     max_frames = max(1, round(cfg.max_seconds * cfg.sample_rate))
