@@ -1,6 +1,7 @@
 """The first pass decodes on worker processes; a file whose decoder never returns, or kills its process,
 becomes that row's problem instead of a hung or crashed run."""
 
+import faulthandler
 import os
 import signal
 import time
@@ -35,6 +36,7 @@ def hostile_table(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
             while True:  # a C decoder stuck in a loop: no exception, no return
                 time.sleep(3600)
         if content.startswith(b"CRASH"):
+            faulthandler.disable()  # the worker inherits pytest's handler, whose dump would clutter the log
             os.kill(os.getpid(), signal.SIGSEGV)  # a decoder that segfaults
         return real_decode(content, *args, **kwargs)  # type: ignore[arg-type]
 
