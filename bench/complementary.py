@@ -47,7 +47,9 @@ TEXT_VARIANTS = {
 }
 
 
-def run(table: Path, work: Path, name: str, init_args: list[str], edit: Any, epochs: int) -> dict[str, Any]:
+def run(
+    table: Path, work: Path, name: str, init_args: list[str], edit: Any, epochs: int | None
+) -> dict[str, Any]:
     config = work / f"{name}.yaml"
     polyfuse(
         "init",
@@ -63,7 +65,8 @@ def run(table: Path, work: Path, name: str, init_args: list[str], edit: Any, epo
     text = config.read_text()
     chose = [line[2:] for line in text.splitlines() if line.startswith("# polyfuse init chose")]
     raw = yaml.safe_load(text)
-    raw["training"]["epochs"] = epochs
+    if epochs is not None:  # else init's own choice, which depends on the table
+        raw["training"]["epochs"] = epochs
     raw["data"]["cache_dir"] = str(work / "cache")
     edit(raw)
     config.write_text(yaml.safe_dump(raw, sort_keys=False))
@@ -77,6 +80,7 @@ def run(table: Path, work: Path, name: str, init_args: list[str], edit: Any, epo
             k: v["name"] + ("" if v["trainable"] else " (frozen)") for k, v in raw["encoders"].items()
         },
         "test_accuracy": round(metrics["test"]["answer"]["accuracy"], 4),
+        "epochs_set": raw["training"]["epochs"],
         "epochs_run": metrics["training"]["epochs"],
         "whole_run_seconds": round(seconds, 1),
         "init_chose": chose,
@@ -90,7 +94,7 @@ def main() -> None:
     parser.add_argument("--tables", nargs="+", default=["questions", "spoken"])
     parser.add_argument("--runs", nargs="+", default=["defaults", "fusions", "text"])
     parser.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
-    parser.add_argument("--epochs", type=int, default=20)
+    parser.add_argument("--epochs", type=int, default=None, help="default: what init chose")
     parser.add_argument("--data", type=Path, default=None)
     parser.add_argument("--work", type=Path, default=None)
     args = parser.parse_args()
