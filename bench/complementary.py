@@ -127,9 +127,14 @@ def main() -> None:
                 )
         for label, init_args, edit in plan:
             print(f"{name} {label} ...", flush=True)
-            entry.setdefault("runs", {})[label] = run(
-                table, work, f"{name}-{label}", init_args, edit, args.epochs
-            )
+            found = run(table, work, f"{name}-{label}", init_args, edit, args.epochs)
+            # re-read: runs of other seeds may be going on at once in other processes (other --work)
+            results = {
+                **(json.loads(path.read_text()) if path.exists() else {}),
+                "machine": results["machine"],
+            }
+            entry = results.setdefault(name, entry)
+            entry.setdefault("runs", {})[label] = found
             defaults = [r["test_accuracy"] for k, r in entry["runs"].items() if k.startswith("defaults-")]
             if defaults:
                 entry["defaults_mean"] = round(statistics.mean(defaults), 4)
