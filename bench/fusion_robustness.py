@@ -98,10 +98,8 @@ def markdown(results: dict[str, Any]) -> str:
             for family in families:
                 areas = {m: [r[m]["curves"][name][family]["auc"] for r in mine] for m in MODELS}
                 gap = [f - late for f, late in zip(areas["fused"], areas["late"], strict=True)]
-                lines.append(
-                    f"| {fusion} | {name} | {family} | {mean_std(areas['fused'])} | {mean_std(areas['late'])} "
-                    f"| {mean_std(gap)} | {len(mine)} |"
-                )
+                cells = [fusion, name, family, *(mean_std(areas[m]) for m in MODELS), mean_std(gap)]
+                lines.append("| " + " | ".join(cells) + f" | {len(mine)} |")
     for run in runs:
         lines += [
             f"\n{run['fusion']}, seed {run['seed']} ({run['test_rows']} test rows; epochs trained "
@@ -135,7 +133,13 @@ def write_robustness(
         if (fusions is None or fusion in fusions) and (seeds is None or seed in seeds)
     ]
     if not plan:
-        raise SystemExit(f"no fused run in {work} has image-only and audio-only models of the same seed")
+        named = {"fusions": fusions, "seeds": seeds}
+        wanted = ", ".join(f"{k} {v}" for k, v in named.items() if v is not None)
+        which = f" ({wanted})" if wanted else ""
+        raise SystemExit(
+            f"no fused run{which} in {work} has image-only and audio-only models of the same seed; "
+            "train them with bench/fusion.py --work DIR (its --single runs, on by default)"
+        )
     results: dict[str, Any] = {
         "variant": variant,
         "metric": "accuracy",

@@ -25,7 +25,7 @@ N_ROWS = 20
 
 class FixedMember:
     """A stand-in for a loaded single-input model: it reads `name` and puts `weight` on a class fixed per
-    row (the true label, or the next class when `wrong`), spreading the rest evenly, whatever the cells hold."""
+    row (the true label, or the next class when `wrong`), the rest spread evenly, whatever the cells hold."""
 
     def __init__(self, preprocessor: Preprocessor, name: str, weight: float, wrong: bool) -> None:
         self.preprocessor = preprocessor
