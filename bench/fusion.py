@@ -7,6 +7,8 @@ Each run is a real `polyfuse train` in a child process (config from `polyfuse in
 fusion, seed and input subset), so its wall time and peak RSS are the user's. For fused runs the bench
 also scores the test rows with the audio (or image) removed. Results go to
 bench/results/fusion_<variant>.json and .md, rewritten after every run so a partial sweep is kept.
+`--robustness` then adds robustness curves of each fused model against the late-fusion baseline of its
+seed (bench/fusion_robustness.py; bench/results/fusion_<variant>_robustness.json and .md).
 """
 
 from __future__ import annotations
@@ -187,6 +189,11 @@ def main() -> None:
     parser.add_argument("--deterministic", action=argparse.BooleanOptionalAction, default=True)
     parser.add_argument("--work", type=Path, default=None, help="keep runs here (default: a temp folder)")
     parser.add_argument(
+        "--robustness",
+        action="store_true",
+        help="then robustness curves: each fused model against its seed's late-fusion baseline",
+    )
+    parser.add_argument(
         "--append",
         action="store_true",
         help="add to the existing results file (e.g. runs from another machine)",
@@ -230,6 +237,11 @@ def main() -> None:
         for result in pool.map(lambda p: one_run(args.variant, table, work, args, *p), plan):
             record(result)
     print((RESULTS / f"fusion_{args.variant}.md").read_text())
+    if args.robustness:
+        from fusion_robustness import write_robustness  # bench/ is on sys.path when run as a script
+
+        done = write_robustness(work, table, args.variant, fusions=args.fusions, seeds=args.seeds)
+        print(done.read_text())
 
 
 if __name__ == "__main__":

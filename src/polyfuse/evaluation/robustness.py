@@ -43,7 +43,11 @@ from polyfuse.evaluation.tables import (
 )
 
 if TYPE_CHECKING:
+    from polyfuse.evaluation.late_fusion import LateFusionEnsemble
     from polyfuse.predict import Predictor
+
+    # a loaded model, or several voting as one: what `robustness_curves` scores
+    Scorer = Predictor | LateFusionEnsemble
 
 SEVERITIES = tuple(round(k / 10, 1) for k in range(11))
 FAMILIES: dict[Modality, tuple[str, ...]] = {
@@ -186,8 +190,18 @@ def area_under_curve(values: list[float], severities: tuple[float, ...] = SEVERI
     return float(np.trapezoid(np.asarray(values, dtype=np.float64), np.asarray(severities)))
 
 
+def input_preprocessors(scorer: Scorer) -> dict[str, Preprocessor]:
+    """Input name → the preprocessor that knows its modality and training statistics. An ensemble's
+    members see the same degraded table, so each input is degraded once for all of them."""
+    from polyfuse.evaluation.late_fusion import LateFusionEnsemble
+
+    if isinstance(scorer, LateFusionEnsemble):
+        return dict(scorer.input_preprocessors)
+    return dict.fromkeys(scorer.model.input_keys, scorer.preprocessor)
+
+
 def robustness_curves(
-    predictor: Predictor,
+    predictor: Scorer,
     table: Table,
     target: str | None = None,
     *,
@@ -205,13 +219,15 @@ def robustness_curves(
 
     clean = score(table)
     tick()
+    preprocessors = input_preprocessors(predictor)
     curves: dict[str, dict[str, Any]] = {}
-    for name in inputs if inputs is not None else list(predictor.model.input_keys):
+    for name in inputs if inputs is not None else list(preprocessors):
+        preprocessor = preprocessors[name]
         curves[name] = {}
-        for family in FAMILIES[predictor.preprocessor.inputs[name]]:
+        for family in FAMILIES[preprocessor.inputs[name]]:
             values = [clean]
             for s in SEVERITIES[1:]:
-                values.append(score(degraded_table(table, predictor.preprocessor, name, family, s, seed)))
+                values.append(score(degraded_table(table, preprocessor, name, family, s, seed)))
                 tick()
             curves[name][family] = {"values": values, "auc": area_under_curve(values)}
     return {
@@ -224,7 +240,8 @@ def robustness_curves(
     }
 
 
-def robustness_steps(predictor: Predictor, inputs: list[str] | None = None) -> int:
+def robustness_steps(predictor: Scorer, inputs: list[str] | None = None) -> int:
     """How many times `robustness_curves` calls `progress`."""
-    names = inputs if inputs is not None else list(predictor.model.input_keys)
-    return 1 + sum(len(FAMILIES[predictor.preprocessor.inputs[n]]) * (len(SEVERITIES) - 1) for n in names)
+    preprocessors = input_preprocessors(predictor)
+    names = inputs if inputs is not None else list(preprocessors)
+    return 1 + sum(len(FAMILIES[preprocessors[n].inputs[n]]) * (len(SEVERITIES) - 1) for n in names)
