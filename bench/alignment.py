@@ -17,7 +17,9 @@ unless said):
             templates that never occur in the table.
   labels    contrastive pretraining on every training row without labels, then `--init-from` and a
             supervised fine-tune on 5 % of the training labels, against the same model from scratch on the
-            same 5 %; 3 seeds (the 5 % and the fine-tune seed change; one pretraining). Both get the same
+            same 5 %; 3 seeds (the 5 % and the fine-tune seed change; one pretraining). Fine-tunes of the
+            pretrained model: every weight at once, linear probe then fine-tune (encoders held for half the
+            epochs, then at a tenth of the learning rate), and encoders frozen throughout. All get the same
             budget: `--finetune-epochs` (100) without early stopping — on 121 training rows an epoch is two
             steps, and init's patience of 5 on a 14-row validation split stops the scratch model at chance.
 Results: bench/results/alignment.json and .md (rewritten after every stage).
@@ -164,6 +166,24 @@ def stage_zeroshot(data: Path, work: Path) -> dict[str, Any]:
     return out
 
 
+# name -> (starts from the pretrained model?, training options given init's training section). Copied
+# encoders count as pretrained, so encoder_learning_rate and unfreeze_after_epochs apply to them.
+FINETUNES: dict[str, tuple[bool, Any]] = {
+    "scratch": (False, lambda training: {}),
+    "pretrained": (True, lambda training: {}),  # every weight at the head's learning rate from the start
+    # linear probe, then fine-tune (LP-FT, Kumar et al. 2022): fusion and head fit the pretrained
+    # features for half the budget, then the encoders follow at a tenth of the learning rate
+    "pretrained_probe_then_tune": (
+        True,
+        lambda training: {
+            "unfreeze_after_epochs": training["epochs"] // 2,
+            "encoder_learning_rate": training["learning_rate"] / 10,
+        },
+    ),
+    "pretrained_frozen": (True, lambda training: {"unfreeze_after_epochs": training["epochs"]}),  # never
+}
+
+
 def stage_labels(data: Path, work: Path, seeds: list[int], share: float, epochs: int) -> dict[str, Any]:
     table = av_digits(work, data)
 
@@ -190,13 +210,20 @@ def stage_labels(data: Path, work: Path, seeds: list[int], share: float, epochs:
         few_table = table.parent / f"av_digits_{int(share * 100)}pct_seed{seed}.csv"
         few.to_csv(few_table, index=False)
 
-        def seeded(raw: dict[str, Any], seed: int = seed) -> None:
-            raw["training"].update(seed=seed, epochs=epochs, early_stopping_patience=None)
-
         result: dict[str, Any] = {"seed": seed, "labelled_train_rows": len(kept)}
-        for name, extra in (("scratch", ()), ("pretrained", ("--init-from", str(pretrain)))):
+        for name, (extra, options) in FINETUNES.items():
+
+            def seeded(raw: dict[str, Any], seed: int = seed, options: Any = options) -> None:
+                raw["training"].update(seed=seed, epochs=epochs, early_stopping_patience=None)
+                raw["training"].update(options(raw["training"]))
+
             _, test, _ = init_and_train(
-                few_table, work, f"{name}-seed{seed}", ["-t", "label"], seeded, train_args=extra
+                few_table,
+                work,
+                f"{name}-seed{seed}",
+                ["-t", "label"],
+                seeded,
+                train_args=("--init-from", str(pretrain)) if extra else (),
             )
             result[f"{name}_accuracy"] = round(test["label"]["accuracy"], 4)
         runs.append(result)
@@ -205,11 +232,15 @@ def stage_labels(data: Path, work: Path, seeds: list[int], share: float, epochs:
             "mean": round(statistics.mean(r[f"{name}_accuracy"] for r in runs), 4),
             "std": round(statistics.stdev(r[f"{name}_accuracy"] for r in runs), 4) if len(runs) > 1 else 0.0,
         }
-        for name in ("scratch", "pretrained")
+        for name in FINETUNES
     }
     return {
         "label_share": share,
         "finetune_epochs": epochs,
+        "finetunes": {
+            name: options({"epochs": epochs, "learning_rate": 2e-3})
+            for name, (_, options) in FINETUNES.items()
+        },  # with init's learning rate
         "pretrain_seconds": "reused" if pretrain_seconds is None else round(pretrain_seconds, 1),
         "runs": runs,
         "summary": summary,

@@ -94,6 +94,12 @@ def main() -> None:
     parser.add_argument("--tables", nargs="+", default=["questions", "spoken"])
     parser.add_argument("--runs", nargs="+", default=["defaults", "fusions", "text"])
     parser.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
+    parser.add_argument(
+        "--fusions", nargs="+", default=None, help="fusions run: these (default: every registered one)"
+    )
+    parser.add_argument(
+        "--text-variants", nargs="+", default=list(TEXT_VARIANTS), choices=list(TEXT_VARIANTS)
+    )
     parser.add_argument("--epochs", type=int, default=None, help="default: what init chose")
     parser.add_argument("--data", type=Path, default=None)
     parser.add_argument("--work", type=Path, default=None)
@@ -118,12 +124,17 @@ def main() -> None:
                     (f"defaults-seed{seed}", [], lambda raw, seed=seed: raw["training"].update(seed=seed))
                 )
         if "fusions" in args.runs:
-            for fusion in list_fusions():
+            for fusion in args.fusions or list_fusions():
                 plan.append((f"fusion-{fusion}", ["--fusion", fusion], lambda raw: None))
         if "text" in args.runs and name == "questions":
-            for variant, encoder in TEXT_VARIANTS.items():
+            for variant in args.text_variants:
+                encoder = TEXT_VARIANTS[variant]
                 plan.append(
-                    (f"text-{variant}", [], lambda raw, e=encoder: raw["encoders"]["question"].update(e))
+                    (
+                        f"text-{variant}",
+                        [],
+                        lambda raw, e=encoder: raw["encoders"]["question"].update(e),
+                    )
                 )
         for label, init_args, edit in plan:
             print(f"{name} {label} ...", flush=True)

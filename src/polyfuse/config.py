@@ -168,7 +168,8 @@ class TrainingConfig(BaseModel):
     encoder_learning_rate: float | None = Field(
         None,
         gt=0.0,
-        description="learning rate of pretrained (Hugging Face) encoders; new layers (fusion, heads, "
+        description="learning rate of pretrained encoders (Hugging Face backbones, and encoders copied by "
+        "init_from); new layers (fusion, heads, "
         "adapters, from-scratch encoders) use learning_rate; null: learning_rate for all",
     )
     layer_decay: float = Field(
@@ -181,7 +182,7 @@ class TrainingConfig(BaseModel):
     unfreeze_after_epochs: int | None = Field(
         None,
         ge=1,
-        description="gradual unfreezing: pretrained encoders stay frozen (heads and adapters train) for this "
+        description="gradual unfreezing: pretrained encoders (as for encoder_learning_rate) stay frozen (heads and adapters train) for this "
         "many epochs, then train too; null: from the start. Single-process only (DDP fixes the set of "
         "trained parameters)",
     )

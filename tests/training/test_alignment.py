@@ -175,7 +175,12 @@ def test_init_from_copies_the_pretrained_encoders(
     aligned_run: Path, synthetic_table: Path, small_config: Any, tmp_path: Path
 ) -> None:
     config_path = tmp_path / "finetune.yaml"
-    small_config(synthetic_table, config_path, epochs=1)
+    tuned = small_config(synthetic_table, config_path, epochs=1)
+    # copied encoders are pretrained ones: gradual unfreezing holds them for the one epoch (linear probe)
+    tuned = tuned.model_copy(
+        update={"training": tuned.training.model_copy(update={"unfreeze_after_epochs": 1})}
+    )
+    config_path.write_text(tuned.to_yaml())
     result = runner.invoke(
         app, ["train", str(config_path), "-o", str(tmp_path / "run"), "--init-from", str(aligned_run)]
     )
@@ -197,6 +202,12 @@ def test_init_from_copies_the_pretrained_encoders(
             model.encoders[key].state_dict().items(), source.encoders[key].state_dict().items(), strict=True
         ):
             assert torch.equal(ours, theirs), name
+    # ... and after the epoch their weights are still the source's
+    tuned_model = load_model(tmp_path / "run" / "model")[0]
+    for key in ("image", "audio", "text"):
+        theirs = dict(source.encoders[key].named_parameters())
+        for name, ours in tuned_model.encoders[key].named_parameters():
+            assert torch.equal(ours, theirs[name]), f"{key}.{name}"
 
 
 def test_init_from_a_model_with_another_encoder_is_a_clear_error(

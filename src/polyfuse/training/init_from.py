@@ -84,4 +84,9 @@ def init_from(model: MultimodalModel, source: Path | str) -> list[str]:
         raise DataError(problems)
     for _, target, source_module in pairs:
         target.load_state_dict(source_module.state_dict())
+    for name in shared:
+        # from here on these encoders are pretrained weights, like a Hugging Face backbone: the training
+        # options for pretrained encoders (encoder_learning_rate, unfreeze_after_epochs) apply to them
+        encoder: Any = model.encoders[model.input_keys[name]]
+        encoder.pretrained_from = str(directory)
     return [what for what, _, _ in pairs]

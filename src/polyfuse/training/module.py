@@ -29,11 +29,12 @@ LAYER_INDEX = re.compile(r"\.(?:layer|layers|block|blocks)\.(\d+)\.")
 
 
 def pretrained_parameters(model: MultimodalModel) -> list[tuple[str, torch.nn.Parameter]]:
-    """(name, parameter) of the pretrained Hugging Face backbones (encoders with a `name_or_path`), less
-    the LoRA / IA3 parameters peft adds to them (new layers, trained like the heads)."""
+    """(name, parameter) of the pretrained encoders: Hugging Face backbones (a `name_or_path`) and encoders
+    whose weights came from another model (`init_from` sets `pretrained_from`), less the LoRA / IA3
+    parameters peft adds to them (new layers, trained like the heads)."""
     found = []
     for key, encoder in model.encoders.items():
-        if hasattr(encoder, "name_or_path"):
+        if hasattr(encoder, "name_or_path") or hasattr(encoder, "pretrained_from"):
             found += [
                 (f"encoders.{key}.{n}", p)
                 for n, p in encoder.named_parameters()

@@ -211,9 +211,12 @@ def train(
     model = build_model(config, preprocessor)
     if model.fusion is None:
         log(f"fusion {config.fusion.name} not built: none of the objectives reads a fused vector")
-    if training.init_from is not None and resume_from is None:
+    if training.init_from is not None:
+        # also on a resume (whose checkpoint then replaces the weights): init_from marks the copied
+        # encoders as pretrained, which sets their learning rate and unfreezing as in the first run
         copied = init_from(model, training.init_from)
-        log(f"initialised from {training.init_from}: {', '.join(copied)}")
+        if resume_from is None:
+            log(f"initialised from {training.init_from}: {', '.join(copied)}")
     if training.cache_frozen_outputs:
         cached = model.cache_frozen_encoders()
         if cached:
