@@ -44,6 +44,7 @@ from polyfuse.models.model import (
 )
 from polyfuse.training.data import make_loader
 from polyfuse.training.init_from import init_from
+from polyfuse.training.memory import map_large_allocations
 
 CHECKPOINTS = "checkpoints"
 
@@ -106,6 +107,8 @@ def train(
     problems = check_config(config)
     if problems:
         raise DataError(problems)
+    if config.training.mmap_threshold_mb is not None:
+        map_large_allocations(config.training.mmap_threshold_mb)
     run_dir = Path(run_dir)
     run_dir.mkdir(parents=True, exist_ok=True)
     last = run_dir / CHECKPOINTS / "last.ckpt"

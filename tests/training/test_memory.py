@@ -1,0 +1,46 @@
+"""training.mmap_threshold_mb: big buffers keep being mapped (and unmapped when freed) after the first
+one is freed, where glibc's own rising threshold would move them to the heap."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+import textwrap
+
+import pytest
+
+pytestmark = pytest.mark.skipif(not sys.platform.startswith("linux"), reason="glibc malloc")
+
+# hblks in mallinfo2: the number of blocks malloc currently holds as their own mmap
+PROBE = textwrap.dedent(
+    """
+    import ctypes, sys
+    import torch
+    from polyfuse.training.memory import map_large_allocations
+
+    class MallInfo2(ctypes.Structure):
+        _fields_ = [(n, ctypes.c_size_t) for n in
+                    ("arena", "ordblks", "smblks", "hblks", "hblkhd", "usmblks", "fsmblks", "uordblks",
+                     "fordblks", "keepcost")]
+
+    libc = ctypes.CDLL("libc.so.6")
+    libc.mallinfo2.restype = MallInfo2
+    if sys.argv[1] == "fixed":
+        assert map_large_allocations(4.0)
+    first = torch.empty(6 * 2**20, dtype=torch.uint8)  # 6 MiB: above glibc's starting threshold
+    del first  # glibc without a fixed threshold now raises it past 6 MiB
+    before = libc.mallinfo2().hblks
+    second = torch.empty(6 * 2**20, dtype=torch.uint8)
+    print(libc.mallinfo2().hblks - before)
+    """
+)
+
+
+def _mapped_blocks_added(mode: str) -> int:
+    out = subprocess.run([sys.executable, "-c", PROBE, mode], capture_output=True, text=True, check=True)
+    return int(out.stdout.strip())
+
+
+def test_a_fixed_threshold_keeps_large_buffers_mapped() -> None:
+    assert _mapped_blocks_added("glibc") == 0  # the second 6 MiB buffer came from the heap
+    assert _mapped_blocks_added("fixed") == 1  # mapped on its own: freeing it returns the memory
