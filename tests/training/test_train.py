@@ -28,8 +28,19 @@ CLI = [sys.executable, "-m", "polyfuse.cli"]
 def trained(synthetic_table: Path, tmp_path_factory: pytest.TempPathFactory, small_config: Any) -> Path:
     work = tmp_path_factory.mktemp("run")
     config = small_config(synthetic_table, work / "config.yaml", epochs=10)
-    result = train(config, work / "run", show_progress=False, log=lambda *_: None)
+    import lightning as L
+
+    class EpochEnds(L.Callback):  # a user's own callback, passed through train(callbacks=...)
+        def __init__(self) -> None:
+            self.epochs: list[int] = []
+
+        def on_train_epoch_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+            self.epochs.append(trainer.current_epoch)
+
+    seen = EpochEnds()
+    result = train(config, work / "run", show_progress=False, log=lambda *_: None, callbacks=[seen])
     assert result.model_dir == work / "run" / "model"
+    assert seen.epochs == list(range(10))
     return result.model_dir
 
 

@@ -20,6 +20,7 @@ import logging
 import math
 import time
 import warnings
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -88,8 +89,12 @@ def train(
     resume: bool = False,
     show_progress: bool = True,
     log: Any = print,
+    callbacks: Sequence[Any] = (),
 ) -> TrainResult:
-    """Train, evaluate on the validation and test splits, and write RUN_DIR/model."""
+    """Train, evaluate on the validation and test splits, and write RUN_DIR/model.
+
+    `callbacks`: extra Lightning callbacks, run after polyfuse's own (checkpoints, early stopping, EMA,
+    progress), e.g. to send metrics to your own tracker."""
     import lightning as L
     from lightning.pytorch.callbacks import EarlyStopping, EMAWeightAveraging, ModelCheckpoint
     from lightning.pytorch.loggers import CSVLogger, TensorBoardLogger
@@ -141,7 +146,7 @@ def train(
     train_table, val_table = prepared.split("train"), prepared.split("val")
     monitor = training.monitor if len(val_table) else "train_loss_epoch"
     mode = "max" if "accuracy" in monitor or "f1" in monitor else "min"
-    callbacks: list[Any] = [
+    trainer_callbacks: list[Any] = [
         # The best epoch by `monitor`, kept for the final model.
         ModelCheckpoint(
             dirpath=run_dir / CHECKPOINTS,
@@ -163,15 +168,18 @@ def train(
         ),
     ]
     if training.early_stopping_patience is not None:
-        callbacks.append(EarlyStopping(monitor=monitor, mode=mode, patience=training.early_stopping_patience))
+        trainer_callbacks.append(
+            EarlyStopping(monitor=monitor, mode=mode, patience=training.early_stopping_patience)
+        )
     if training.ema_decay is not None:
         # Swaps the average in for validation, so `monitor`, best.ckpt's "state_dict" and the saved model
         # are the averaged weights; the live weights ride along in the checkpoint for an exact --resume.
-        callbacks.append(EMAWeightAveraging(decay=training.ema_decay))
+        trainer_callbacks.append(EMAWeightAveraging(decay=training.ema_decay))
     if show_progress:
-        callbacks.append(CompactProgressBar(leave=True))
+        trainer_callbacks.append(CompactProgressBar(leave=True))
     else:
-        callbacks.append(EpochLog(log))
+        trainer_callbacks.append(EpochLog(log))
+    trainer_callbacks += list(callbacks)
     _quiet_lightning()
     trainer = L.Trainer(
         max_epochs=training.epochs,
@@ -183,7 +191,7 @@ def train(
         gradient_clip_val=training.gradient_clip,
         accumulate_grad_batches=training.accumulate_grad_batches,
         deterministic=training.deterministic,
-        callbacks=callbacks,
+        callbacks=trainer_callbacks,
         # CSV: one version folder per process (a resume starts version_1); TensorBoard appends.
         logger=[CSVLogger(run_dir / "logs", name="csv"), TensorBoardLogger(run_dir, name="logs", version="")],
         plugins=[AtomicCheckpointIO()],
