@@ -4,6 +4,7 @@ rows lacking modalities included); under micro-batching each request gets its ow
 from __future__ import annotations
 
 import base64
+import json
 import threading
 from pathlib import Path
 from typing import Any
@@ -15,6 +16,7 @@ from serve_helpers import request_rows
 
 import polyfuse
 from polyfuse.serve import Batching, ServeSettings, create_app
+from polyfuse.serve.app import INLINE_BYTES
 from polyfuse.serve.engine import Engine
 
 
@@ -41,6 +43,22 @@ def test_json_predictions_equal_predictor_bit_for_bit(
         "label"
     ].tolist()
     assert list(answer["predictions"][0]["label"]["probabilities"]) == list(expected.columns)
+
+
+def test_small_and_large_bodies_equal_predictor_bit_for_bit(
+    client: TestClient, model_dir: Path, served_table: Path
+) -> None:
+    """A body up to INLINE_BYTES is decoded on the batching thread, a larger one on a worker thread: the
+    same answers either way."""
+    rows = request_rows(served_table, 48)
+    small, large = rows[:1], rows
+    assert len(json.dumps({"rows": small})) <= INLINE_BYTES < len(json.dumps({"rows": large}))
+    predictor = polyfuse.load(model_dir)
+    for request in (small, large):
+        response = client.post("/v1/predict", json={"rows": request})
+        assert response.status_code == 200, response.text
+        expected = predictor.predict_proba(request).to_numpy().astype(np.float64)
+        assert np.array_equal(_probabilities(response.json()), expected)
 
 
 def test_multipart_rows_equal_json_rows(client: TestClient, served_table: Path) -> None:
