@@ -5,9 +5,10 @@ The threshold starts at 128 KiB but rises to the size of every mmapped block tha
 so after the first step the activations of a CNN come from the heap instead. Their sizes change from
 batch to batch (audio padded to each batch's longest clip), the heap fragments, and the process keeps the
 high-water mark of every shape it ever saw: the default AV-Digits run grows from 0.6 GB after start-up to
-1.5 GB within one epoch. A fixed threshold of a few MiB sends the big activations back to mmap (peak 1.1 GB)
-while the many small tensors stay on the heap; a fixed 128 KiB would also do it but doubles the epoch time
-(page faults on every tensor).
+1.7 GB within three epochs. A fixed threshold of 4 MiB sends the big activations back to mmap (peak 1.2 GB)
+while the many small tensors stay on the heap, but every large buffer's pages are then faulted in afresh:
+epochs take 1.75x as long on an idle 2-core box (8.5 -> 15.5 s). Hence opt-in (training.mmap_threshold_mb),
+for a run that must fit in memory more than it must be fast.
 """
 
 from __future__ import annotations
