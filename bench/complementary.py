@@ -126,7 +126,9 @@ def main() -> None:
                 )
         if "fusions" in args.runs:
             for fusion in args.fusions or list_fusions():
-                plan.append((f"fusion-{fusion}", ["--fusion", fusion], lambda raw: None))
+                # init's own choices for this table (epochs, dropout, heads, early stopping), only the
+                # fusion swapped: `init --fusion` would skip the probe and give the redundant setup
+                plan.append((f"fusion-{fusion}", [], lambda raw, f=fusion: raw["fusion"].update(name=f)))
         if "text" in args.runs and name == "questions":
             for variant in args.text_variants:
                 encoder = TEXT_VARIANTS[variant]
