@@ -44,6 +44,7 @@ import torch
 import yaml
 
 from polyfuse.atomic import atomic_write_text
+from polyfuse.config import TrainingConfig
 from polyfuse.data.datasets import build_av_digits, default_data_dir
 
 RESULTS = Path(__file__).parent / "results"
@@ -237,10 +238,10 @@ def stage_labels(data: Path, work: Path, seeds: list[int], share: float, epochs:
     return {
         "label_share": share,
         "finetune_epochs": epochs,
-        "finetunes": {
-            name: options({"epochs": epochs, "learning_rate": 2e-3})
+        "finetunes": {  # with init's learning rate
+            name: options({"epochs": epochs, "learning_rate": TrainingConfig().learning_rate})
             for name, (_, options) in FINETUNES.items()
-        },  # with init's learning rate
+        },
         "pretrain_seconds": "reused" if pretrain_seconds is None else round(pretrain_seconds, 1),
         "runs": runs,
         "summary": summary,

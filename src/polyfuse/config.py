@@ -179,8 +179,8 @@ class TrainingConfig(BaseModel):
         None,
         gt=0.0,
         description="learning rate of pretrained encoders (Hugging Face backbones, and encoders copied by "
-        "init_from); new layers (fusion, heads, "
-        "adapters, from-scratch encoders) use learning_rate; null: learning_rate for all",
+        "init_from); new layers (fusion, heads, adapters, from-scratch encoders) use learning_rate; null: "
+        "learning_rate for all",
     )
     layer_decay: float = Field(
         1.0,
@@ -192,9 +192,9 @@ class TrainingConfig(BaseModel):
     unfreeze_after_epochs: int | None = Field(
         None,
         ge=1,
-        description="gradual unfreezing: pretrained encoders (as for encoder_learning_rate) stay frozen (heads and adapters train) for this "
-        "many epochs, then train too; null: from the start. Single-process only (DDP fixes the set of "
-        "trained parameters)",
+        description="gradual unfreezing: pretrained encoders (as for encoder_learning_rate) stay frozen "
+        "(heads and adapters train) for this many epochs, then train too; null: from the start. "
+        "Single-process only (DDP fixes the set of trained parameters)",
     )
 
 

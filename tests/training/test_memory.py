@@ -6,6 +6,8 @@ from __future__ import annotations
 import subprocess
 import sys
 import textwrap
+from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -44,3 +46,24 @@ def _mapped_blocks_added(mode: str) -> int:
 def test_a_fixed_threshold_keeps_large_buffers_mapped() -> None:
     assert _mapped_blocks_added("glibc") == 0  # the second 6 MiB buffer came from the heap
     assert _mapped_blocks_added("fixed") == 1  # mapped on its own: freeing it returns the memory
+
+
+def test_the_training_option_reaches_the_allocator(
+    synthetic_table: Path, small_config: Any, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """`training.mmap_threshold_mb` in a config on disk is applied by `polyfuse train` before any work."""
+    from polyfuse.config import load_config
+    from polyfuse.training import run
+
+    config = small_config(synthetic_table, tmp_path / "config.yaml", epochs=1)
+    config = config.model_copy(
+        update={"training": config.training.model_copy(update={"mmap_threshold_mb": 4.0})}
+    )
+    (tmp_path / "config.yaml").write_text(config.to_yaml())
+    applied: list[float] = []
+    monkeypatch.setattr(run, "map_large_allocations", lambda mb: applied.append(mb) or True)
+    run.train(
+        load_config(tmp_path / "config.yaml"), tmp_path / "run", show_progress=False, log=lambda *_: None
+    )
+    assert applied == [4.0]
+    assert (tmp_path / "run" / "model" / "polyfuse.json").is_file()
