@@ -45,6 +45,7 @@ TEXT_VARIANTS = {
     # a pretrained transformer at the head's learning rate (init's 2e-3) fell to chance within 4 epochs
     "minilm_finetuned": {"name": "text.minilm", "trainable": True, "learning_rate": 2e-5},
     "bigru_scratch": {"name": "text.bigru", "trainable": True},
+    "transformer_scratch": {"name": "text.transformer", "trainable": True},
 }
 
 
@@ -126,9 +127,9 @@ def main() -> None:
                 )
         if "fusions" in args.runs:
             for fusion in args.fusions or list_fusions():
-                # init's own choices for this table (epochs, dropout, heads, early stopping), only the
-                # fusion swapped: `init --fusion` would skip the probe and give the redundant setup
-                plan.append((f"fusion-{fusion}", [], lambda raw, f=fusion: raw["fusion"].update(name=f)))
+                # `init --fusion` swaps only the fusion: epochs, dropout, heads and early stopping
+                # still follow init's probe of this table
+                plan.append((f"fusion-{fusion}", ["--fusion", fusion], lambda raw: None))
         if "text" in args.runs and name == "questions":
             for variant in args.text_variants:
                 encoder = TEXT_VARIANTS[variant]

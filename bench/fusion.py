@@ -52,7 +52,8 @@ def one_run(
 ) -> dict[str, Any]:
     name = f"{inputs}-{fusion}-seed{seed}"
     config_path = work / f"{name}.yaml"
-    config = init_config(table, ["label"], config_path, fusion=fusion)
+    # the same setup for every fusion (init's for redundant inputs), so only the fusion differs
+    config = init_config(table, ["label"], config_path, fusion=fusion, probe=False)
     columns = dict(config.data.columns)
     encoders = dict(config.encoders)
     if inputs != "fused":

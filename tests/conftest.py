@@ -76,7 +76,9 @@ def make_small_config(
     objectives: tuple[str, ...] = ("supervised",),
 ) -> RunConfig:
     """`polyfuse init`'s config with tiny encoders, so a run takes seconds."""
-    config = init_config(table, list(targets), config_path, fusion=fusion, objectives=list(objectives))
+    config = init_config(
+        table, list(targets), config_path, fusion=fusion, objectives=list(objectives), probe=False
+    )
     config = config.model_copy(
         update={
             "encoders": {name: SMALL_ENCODERS[name] for name in config.encoders},

@@ -240,7 +240,8 @@ def init_command(
         str | None,
         typer.Option(
             help=f"fusion: {FUSION_NAMES}; default: chosen from a quick probe of each input alone (gated "
-            "for redundant inputs, film for complementary ones; the config's first lines say why)"
+            "for redundant inputs, film for complementary ones; the config's first lines say why). Given, it "
+            "replaces only the fusion: dropout, per-input heads and epochs still follow the probe"
         ),
     ] = None,
     preset: Annotated[str | None, typer.Option(help="preprocessing preset, e.g. av-digits")] = None,

@@ -40,13 +40,17 @@ def init_config(
     objectives: list[str] | None = None,
     encoding: str | None = None,
     notes: list[str] | None = None,
+    probe: bool = True,
 ) -> RunConfig:
     """A complete config for `table_path`, with defaults chosen from the inferred schema and a look at a
     few media files (native image size and colour mode, native audio sample rate).
 
-    `fusion` None: chosen from a probe of each input's own predictive power (`polyfuse.probe`): inputs
+    The setup is chosen from a probe of each input's own predictive power (`polyfuse.probe`): inputs
     that each name the label (redundant) get the gated fusion with modality dropout and per-input heads;
-    inputs that only answer together (complementary) get FiLM without them. Why is appended to `notes`.
+    inputs that only answer together (complementary) get FiLM without them, trained for longer. A given
+    `fusion` replaces only the fusion chosen; the rest of the setup still follows the probe. Why is
+    appended to `notes`. `probe` False skips the probe and keeps the redundant setup (tests and scripts
+    that set the rest up themselves).
 
     `objectives` (default: supervised) may add contrastive and / or matching. Without a target, such a
     config trains no supervised head; a label column the table has (given or inferred) is still read, so
@@ -105,8 +109,10 @@ def init_config(
     generative = [o for o in config.objectives if o.name in ("vae", "autoencoder")]
     for objective in generative:
         objective.options.update(generative_options(objective.name, table, schema, config))
-    if fusion is None and "supervised" in objectives and label is not None:
-        config = _fit_setup_to_inputs(config, table, schema, label, notes if notes is not None else [])
+    if probe and "supervised" in objectives and label is not None:
+        config = _fit_setup_to_inputs(
+            config, table, schema, label, notes if notes is not None else [], fusion
+        )
     return config
 
 
@@ -143,37 +149,47 @@ COMPLEMENTARY_EPOCH_FACTOR = 3
 
 
 def _fit_setup_to_inputs(
-    config: RunConfig, table: Table, schema: TableSchema, label: str, notes: list[str]
+    config: RunConfig,
+    table: Table,
+    schema: TableSchema,
+    label: str,
+    notes: list[str],
+    fusion_given: str | None = None,
 ) -> RunConfig:
     """Gated fusion + modality dropout + per-input heads when the inputs are redundant; FiLM without
-    them, trained for longer, when they are complementary (see `polyfuse.probe`)."""
+    them, trained for longer, when they are complementary (see `polyfuse.probe`). `fusion_given` (the
+    user's `--fusion`) replaces only the fusion: the rest of the setup still fits the inputs."""
     from polyfuse.data.preprocess import infer_task
     from polyfuse.probe import REDUNDANT_SKILL, probe_inputs
 
+    named = f"fusion {fusion_given} (given)" if fusion_given else "fusion gated"
     if len(schema.input_names()) < 2:
         return config
     if infer_task(table.frame[label].tolist()) != "classification":
-        notes.append(f"fusion gated: '{label}' is not a classification target, so the inputs were not probed")
+        notes.append(f"{named}: '{label}' is not a classification target, so the inputs were not probed")
         return config
     probe = probe_inputs(table, schema, label, config.data.preprocessing)
     if probe is None:
-        notes.append("fusion gated: too few labelled training rows to probe the inputs")
+        notes.append(f"{named}: too few labelled training rows to probe the inputs")
         return config
     if not probe.complementary:
         notes.append(
-            f"fusion gated, modality dropout, per-input heads: redundant inputs ({probe.summary()}; "
+            f"{named}, modality dropout, per-input heads: redundant inputs ({probe.summary()}; "
             f"at least one reaches skill {REDUNDANT_SKILL} alone)"
         )
         return config
     epochs = COMPLEMENTARY_EPOCH_FACTOR * config.training.epochs
+    named = f"fusion {fusion_given} (given)" if fusion_given else "fusion film"
     notes.append(
-        f"fusion film, no modality dropout, no per-input heads, {epochs} epochs without early stopping: "
+        f"{named}, no modality dropout, no per-input heads, {epochs} epochs without early stopping: "
         "complementary inputs "
         f"({probe.summary()}; none reaches skill {REDUNDANT_SKILL} alone, so the answer needs them together)"
     )
     return config.model_copy(
         update={
-            "fusion": config.fusion.model_copy(update={"name": "film", "modality_dropout": 0.0}),
+            "fusion": config.fusion.model_copy(
+                update={"name": fusion_given or "film", "modality_dropout": 0.0}
+            ),
             "training": config.training.model_copy(
                 update={"aux_loss_weight": 0.0, "epochs": epochs, "early_stopping_patience": None}
             ),

@@ -37,8 +37,18 @@ def test_init_fits_the_setup_to_redundant_and_complementary_inputs(av_table: Pat
         assert complementary.fusion.modality_dropout == 0.0
         assert complementary.training.aux_loss_weight == 0.0
         assert "complementary inputs" in notes[0]
-    # an explicit fusion is never second-guessed
-    assert init_config(table, ["answer"], tmp_path / "g.yaml", fusion="gated").fusion.name == "gated"
+    # an explicit fusion is never second-guessed, and replaces only the fusion: the rest of the setup
+    # still fits the inputs
+    notes = []
+    given = init_config(table, ["answer"], tmp_path / "g.yaml", fusion="gated", notes=notes)
+    assert given.fusion.name == "gated" and given.fusion.modality_dropout == 0.0
+    assert given.training.aux_loss_weight == 0.0 and given.training.early_stopping_patience is None
+    assert given.training.epochs == complementary.training.epochs
+    assert notes[0].startswith("fusion gated (given), no modality dropout"), notes
+    notes = []
+    given = init_config(av_table, ["label"], tmp_path / "t.yaml", fusion="tensor", notes=notes)
+    assert given.fusion.name == "tensor" and given.fusion.modality_dropout == 0.3
+    assert given.training.aux_loss_weight == 0.5 and "fusion tensor (given)" in notes[0]
 
 
 @pytest.mark.realdata
