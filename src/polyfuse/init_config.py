@@ -198,8 +198,9 @@ def _fit_setup_to_inputs(
 
 
 def _objective_config(name: str, label: str | None) -> ObjectiveConfig:
-    """Defaults per objective; alignment objectives read the label column when the table has one."""
-    if name in ("contrastive", "matching") and label is not None:
+    """Defaults per objective; alignment objectives (and the vae's alignment term) read the label column
+    when the table has one."""
+    if name in ("contrastive", "matching", "vae") and label is not None:
         return ObjectiveConfig(name=name, options={"label_column": label})
     return ObjectiveConfig(name=name)
 

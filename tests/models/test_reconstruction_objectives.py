@@ -16,9 +16,14 @@ from polyfuse.data.modalities.audio import AudioConfig, audio_features
 from polyfuse.data.modalities.audio_inverse import feature_levels, features_to_waveform
 from polyfuse.data.prepare import prepare_data
 from polyfuse.generation import to_media
-from polyfuse.models.latent import subset_posterior
+from polyfuse.models.latent import Gaussian, subset_posterior
 from polyfuse.models.model import MultimodalModel, build_model
 from polyfuse.objectives.reconstruction import ReconstructionBase
+
+
+class PassThrough(torch.nn.Module):
+    def forward(self, mean: torch.Tensor, present: torch.Tensor) -> torch.Tensor:
+        return mean
 
 
 def _model(
@@ -55,6 +60,71 @@ def test_vae_loss_has_a_non_zero_kl_and_trains_every_part(vae: tuple[MultimodalM
         grad = dict(objective.named_parameters())[name].grad
         assert grad is not None and grad.abs().sum() > 0, name
     model.zero_grad()
+
+
+def test_alignment_pulls_paired_posteriors_together_and_adds_to_the_elbo(
+    vae: tuple[MultimodalModel, Any, Any],
+) -> None:
+    model, _, _ = vae
+    objective: Any = model.objective("vae")
+    k = len(objective.inputs)
+    assert k >= 2 and objective.alignment_weight == 1.0
+    heads = objective.alignment_heads
+    # the projection heads are trained layers: the golden numbers below are of the InfoNCE itself
+    objective.alignment_heads = torch.nn.ModuleDict({key: PassThrough() for key in heads})
+    try:
+        check_alignment_golden(objective, k)
+    finally:
+        objective.alignment_heads = heads
+    assert set(heads) == {objective.keys[n] for n in objective.inputs}
+
+
+def check_alignment_golden(objective: Any, k: int) -> None:
+    rows = torch.ones(2, dtype=torch.bool)
+    present = dict.fromkeys(objective.inputs, rows)
+    paired = torch.tensor([[1.0, 0.0], [0.0, 2.0]])  # normalised: the identity; cosine logits 10·I
+    experts = [Gaussian(paired, torch.zeros(2, 2)) for _ in range(k)]
+    # golden: each row's partner has logit 10, the other row 0: CE = log(1 + e^-10) both ways (float32)
+    assert objective.alignment(experts, present).item() == pytest.approx(math.log1p(math.exp(-10)), rel=2e-3)
+    # the first input's rows swapped: its k - 1 pairs cost log(1 + e^10), the others stay aligned
+    experts[0] = Gaussian(paired.flip(0), torch.zeros(2, 2))
+    pairs = k * (k - 1) / 2
+    expected = ((k - 1) * math.log1p(math.exp(10)) + (pairs - k + 1) * math.log1p(math.exp(-10))) / pairs
+    assert objective.alignment(experts, present).item() == pytest.approx(expected, rel=1e-4)
+    # a row without the first input leaves its pairs one valid row: they add 0
+    present[objective.inputs[0]] = torch.tensor([True, False])
+    assert objective.alignment(experts, present).item() == pytest.approx(
+        (pairs - k + 1) * math.log1p(math.exp(-10)) / pairs, rel=2e-3
+    )
+
+
+def test_alignment_adds_to_the_elbo_and_trains_its_heads(vae: tuple[MultimodalModel, Any, Any]) -> None:
+    # through the loss: −ELBO per value + weight · alignment, and 0 weight is the plain ELBO
+    model, batch, _ = vae
+    objective: Any = model.objective("vae")
+    model.train()
+    objective.steps.fill_(objective.kl_warmup_steps)
+    output = model(batch)
+    objective.alignment(objective.experts(output), output.present).backward()
+    for name in ("alignment_heads.audio.last.weight", "posteriors.audio.weight", "posteriors.image.weight"):
+        grad = dict(objective.named_parameters())[name].grad
+        assert grad is not None and grad.abs().sum() > 0, name
+    model.zero_grad()
+    model.eval()
+    objective.steps.fill_(objective.kl_warmup_steps)
+    with torch.no_grad():
+        output = model(batch)
+        losses = model.losses(output, batch)
+        elbo = (losses["vae_nll"] + objective.beta * losses["vae_kl"]) / objective.normaliser
+        assert losses["vae_alignment"].item() > 0
+        assert losses["loss"].item() == pytest.approx((elbo + losses["vae_alignment"]).item(), rel=1e-5)
+        objective.alignment_weight = 0.0
+        try:
+            plain = model.losses(output, batch)
+        finally:
+            objective.alignment_weight = 1.0
+    plain_elbo = (plain["vae_nll"] + objective.beta * plain["vae_kl"]) / objective.normaliser  # z resampled
+    assert "vae_alignment" not in plain and plain["loss"].item() == pytest.approx(plain_elbo.item(), rel=1e-5)
 
 
 def test_kl_warm_up_raises_beta_linearly(vae: tuple[MultimodalModel, Any, Any]) -> None:

@@ -36,6 +36,8 @@ def vae_run(
     raw = yaml.safe_load(config_path.read_text())
     assert [o["name"] for o in raw["objectives"]] == ["vae"]
     assert raw["objectives"][0]["options"]["audio_frames"] > 1  # sized from the table's clips
+    # the table's label makes same-class rows alignment positives (the model still trains no head)
+    assert raw["objectives"][0]["options"]["label_column"] == "label"
     raw["encoders"] = {n: small_encoders[n].model_dump() for n in raw["encoders"]}
     raw["training"].update(epochs=2, batch_size=16, early_stopping_patience=None)
     # two inputs keep it quick (anomaly scores average the ELBO over every non-empty subset: 3 of 2 inputs)
