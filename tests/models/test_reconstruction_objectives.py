@@ -263,8 +263,12 @@ def test_autoencoder_loss_is_the_weighted_squared_error(
         output = model(batch)
         z = objective.code(output.fused)
         image = objective.decoder("image")
-        expected = ((image(z) - batch.inputs["image"].values) ** 2).sum((1, 2, 3))
-        got = image.distortion(image(z), batch.inputs["image"])
+        raw = image(z)
+        # the mean is squashed into the pixels' range: 0..255 is -1..1 after the default normalisation
+        mean = image.mean(raw)
+        assert torch.allclose(mean, 2 * torch.sigmoid(raw) - 1)
+        expected = ((mean - batch.inputs["image"].values) ** 2).sum((1, 2, 3))
+        got = image.distortion(raw, batch.inputs["image"])
         losses = model.losses(output, batch)
     present = batch.inputs["image"].present
     assert torch.allclose(got[present], expected[present])

@@ -67,7 +67,14 @@ def build_decoder(
     cfg = context.config.data.preprocessing
     preprocessor = context.preprocessor
     if modality is Modality.IMAGE:
-        return ImageDecoder(latent_dim, cfg.image.channels, tuple(cfg.image.size), learn_scale=learn_scale)  # type: ignore[arg-type]
+        return ImageDecoder(
+            latent_dim,
+            cfg.image.channels,
+            tuple(cfg.image.size),  # type: ignore[arg-type]
+            learn_scale=learn_scale,
+            pixel_mean=cfg.image.channel_mean(),
+            pixel_std=cfg.image.channel_std(),
+        )
     if modality is Modality.AUDIO:
         return AudioDecoder(latent_dim, cfg.audio.feature_dim, frames, learn_scale=learn_scale)
     if modality is Modality.NUMERIC:

@@ -235,7 +235,8 @@ class VAEObjective(ReconstructionBase):
             "vae_beta": torch.tensor(beta),
         }
         if self.alignment_weight > 0 and len(self.inputs) > 1:
-            labels = batch.targets[self.label_column] if self.label_column else None
+            # a batch read without targets (scoring a table that lacks the label) aligns row to row only
+            labels = batch.targets.get(self.label_column) if self.label_column else None
             alignment = self.alignment(experts, output.present, labels)
             losses["loss"] = losses["loss"] + self.alignment_weight * alignment
             losses["vae_alignment"] = alignment.detach()
