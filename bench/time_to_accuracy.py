@@ -2,6 +2,8 @@
 
     .venv/bin/python bench/time_to_accuracy.py                  # init's defaults, seeds 0-2
     .venv/bin/python bench/time_to_accuracy.py --seeds 0 --epochs 10
+    .venv/bin/python bench/time_to_accuracy.py --set group_by_length=true --set length_group_batches=4 \
+        --tag grouped4                                           # a training setting changed, own files
 
 Per seed, a child process runs `polyfuse.train` on the config `polyfuse init TABLE -t label` writes (the
 same as `polyfuse train` does, plus a callback that saves the weights after every epoch, its own time
@@ -13,7 +15,7 @@ left out of the clock). The parent then scores every epoch's weights on the test
 In the same run, the plain loop of bench/train_overhead.py (the same network on in-memory batches,
 augmentation off) trains `--plain-epochs` epochs: its samples/s over the epochs after the first give the
 compute floor of the run's epochs, and the ratio whole run / floor.
-Results: bench/results/time_to_accuracy.json and .md.
+Results: bench/results/time_to_accuracy.json and .md (time_to_accuracy_TAG.* with --tag).
 """
 
 from __future__ import annotations
@@ -30,6 +32,7 @@ from typing import Any
 
 import pandas as pd
 import torch
+import yaml
 
 from polyfuse.atomic import atomic_write_text
 from polyfuse.data.datasets import build_av_digits, default_data_dir
@@ -72,14 +75,17 @@ def accuracy(predictor: Any, test: pd.DataFrame, base_dir: Path, drop: str | Non
     return float((predicted.to_numpy() == test["label"].astype(str).to_numpy()).mean())
 
 
-def one_seed(table: Path, work: Path, seed: int, epochs: int | None) -> dict[str, Any]:
+def one_seed(
+    table: Path, work: Path, seed: int, epochs: int | None, settings: dict[str, Any] | None = None
+) -> dict[str, Any]:
     from fusion import run_child  # bench/ is on sys.path when this file runs as a script
 
     import polyfuse
 
     config_path = work / f"seed{seed}.yaml"
     config = init_config(table, ["label"], config_path)
-    training = config.training.model_copy(update={"seed": seed, **({"epochs": epochs} if epochs else {})})
+    updates = {**(settings or {}), "seed": seed, **({"epochs": epochs} if epochs else {})}
+    training = type(config.training).model_validate({**config.training.model_dump(), **updates})
     data = config.data.model_copy(update={"cache_dir": work / "cache"})
     config_path.write_text(config.model_copy(update={"training": training, "data": data}).to_yaml())
     run_dir = work / f"seed{seed}"
@@ -152,6 +158,14 @@ def main() -> None:
     parser.add_argument("--plain-epochs", type=int, default=3, help="the first is warm-up, not counted")
     parser.add_argument("--data", type=Path, default=None)
     parser.add_argument("--work", type=Path, default=None)
+    parser.add_argument(
+        "--set",
+        action="append",
+        default=[],
+        metavar="KEY=VALUE",
+        help="a training setting over init's (YAML value), e.g. group_by_length=true; repeatable",
+    )
+    parser.add_argument("--tag", default="", help="results go to time_to_accuracy_TAG.json / .md")
     parser.add_argument("--child", nargs=2, type=Path, help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.child:
@@ -162,12 +176,14 @@ def main() -> None:
     table = work / "av" / "av_digits.csv"
     if not table.is_file():
         table = build_av_digits(work / "av", args.data or default_data_dir())
-    runs = [one_seed(table, work, seed, args.epochs) for seed in args.seeds]
+    settings = {k: yaml.safe_load(v) for k, v in (item.split("=", 1) for item in args.set)}
+    runs = [one_seed(table, work, seed, args.epochs, settings) for seed in args.seeds]
     plain, train_rows = plain_floor(table, work, args.plain_epochs)
     floor = statistics.mean(r["epochs_run"] for r in runs) * train_rows / plain
     whole = statistics.mean(r["whole_run_seconds"] for r in runs)
     result = {
         "machine": f"{platform.machine()}, {torch.get_num_threads()} torch threads, torch {torch.__version__}",
+        "training_settings_over_init": settings,
         "train_rows": train_rows,
         "runs": runs,
         "mean": {
@@ -189,18 +205,19 @@ def main() -> None:
         result["mean"][f"seconds_to_{t}"] = (
             round(statistics.mean(reached), 1) if all(s is not None for s in reached) else None
         )
-    write(result)
+    write(result, f"time_to_accuracy_{args.tag}" if args.tag else "time_to_accuracy")
     print(json.dumps({k: v for k, v in result.items() if k != "runs"}, indent=2))
 
 
-def write(result: dict[str, Any]) -> None:
+def write(result: dict[str, Any], stem: str) -> None:
     RESULTS.mkdir(exist_ok=True)
-    atomic_write_text(RESULTS / "time_to_accuracy.json", json.dumps(result, indent=2))
+    atomic_write_text(RESULTS / f"{stem}.json", json.dumps(result, indent=2))
     mean = result["mean"]
     lines = [
         "# Time to accuracy, default AV-Digits run",
         "",
-        f"Machine: {result['machine']}",
+        f"Machine: {result['machine']}; training settings over init's: "
+        f"{result['training_settings_over_init'] or 'none'}",
         "",
         "| seed | epochs | test accuracy | without audio | without image | s to 0.99 | s to 0.995 | whole run s "
         "| peak RSS MB |",
@@ -222,7 +239,7 @@ def write(result: dict[str, Any]) -> None:
         f" s for the runs' epochs; whole run / that floor: {result['whole_run_over_plain_loop']}×.",
         "",
     ]
-    atomic_write_text(RESULTS / "time_to_accuracy.md", "\n".join(lines))
+    atomic_write_text(RESULTS / f"{stem}.md", "\n".join(lines))
 
 
 if __name__ == "__main__":

@@ -152,6 +152,12 @@ class TrainingConfig(BaseModel):
         description="batch training rows of similar audio / text length together (less padding: faster "
         "epochs, less memory); batches are still shuffled",
     )
+    length_group_batches: int = Field(
+        50,
+        ge=1,
+        description="with group_by_length: rows are sorted by length within random groups of this many "
+        "batches; fewer gives batches less tied to length (where length follows the label) but more padding",
+    )
     mmap_threshold_mb: float | None = Field(
         None,
         gt=0.0,

@@ -78,6 +78,22 @@ def test_the_short_batch_comes_last_so_the_dataloader_cuts_the_same_batches() ->
     assert all(max(lengths[i][0] for i in b) - min(lengths[i][0] for i in b) == 47 for b in batches[:-1])
 
 
+def test_smaller_groups_keep_batches_less_tied_to_length() -> None:
+    lengths = [(n,) for n in range(1000)]
+    sampler = EpochSampler(_Rows(1000), 3, lengths=lengths, batch_size=48, group_batches=2)  # type: ignore[arg-type]
+    order = _epoch(sampler, 0)
+    assert sorted(order) == list(range(1000))
+    batches = _batches(order, 48)
+    # each group of 96 random rows is sorted and halved: a batch spans far more than 48 lengths, yet
+    # less than the random batches of no grouping would
+    spans = [max(lengths[i][0] for i in b) - min(lengths[i][0] for i in b) for b in batches[:-1]]
+    plain = [
+        max(lengths[i][0] for i in b) - min(lengths[i][0] for i in b)
+        for b in _batches(_epoch(_sampler(None, 48), 0), 48)[:-1]
+    ]
+    assert min(spans) > 47 and sum(spans) < 0.8 * sum(plain)
+
+
 def test_loader_batches_rows_of_similar_audio_and_text_length(
     synthetic_table: Path, small_config: Any, tmp_path: Path
 ) -> None:
@@ -112,12 +128,25 @@ def test_training_with_length_grouping(
         measured.append(len(dataset))
         return sequence_lengths(dataset)
 
+    groups: list[int] = []  # group_batches of each grouped epoch
+    grouped = EpochSampler._grouped
+
+    def grouped_spy(*args: Any) -> list[int]:
+        groups.append(args[-1])
+        return grouped(*args)
+
     monkeypatch.setattr(training_data, "sequence_lengths", spy)
+    monkeypatch.setattr(EpochSampler, "_grouped", staticmethod(grouped_spy))
     config = small_config(synthetic_table, tmp_path / "config.yaml", epochs=2)
     config = config.model_copy(
-        update={"training": config.training.model_copy(update={"group_by_length": True})}
+        update={
+            "training": config.training.model_copy(
+                update={"group_by_length": True, "length_group_batches": 3}
+            )
+        }
     )
     result = train(config, tmp_path / "run", show_progress=False)
     assert result.epochs == 2
+    assert groups and set(groups) == {3}
     # the training split, and only it (validation and test batches keep the table's order)
     assert measured == [len(prepare_data(config.data, show_progress=False).split("train"))]

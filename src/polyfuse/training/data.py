@@ -13,8 +13,9 @@ from polyfuse.data.preprocess import Preprocessor
 from polyfuse.data.schema import Modality
 from polyfuse.data.table import Table
 
-# Rows are sorted by length within groups of this many batches; the larger, the less padding but the
-# less random each batch's company (the Hugging Face Trainer's LengthGroupedSampler uses 50 too).
+# Rows are sorted by length within groups of this many batches by default (training.length_group_batches);
+# the larger, the less padding but the less random each batch's company (the Hugging Face Trainer's
+# LengthGroupedSampler uses 50 too).
 MEGABATCH_BATCHES = 50
 
 
@@ -25,7 +26,7 @@ class EpochSampler(Sampler[int]):
     epoch moves with it.
 
     With `lengths` (one tuple per row, compared in order) and `batch_size`, rows of similar length share a
-    batch: the permutation is cut into groups of MEGABATCH_BATCHES batches, each group is sorted by length
+    batch: the permutation is cut into groups of `group_batches` batches, each group is sorted by length
     and cut into batches, and the batches are shuffled. A batch is then padded only to the longest of
     similar rows, not to the longest of 64 random ones. The one short batch (when batch_size does not
     divide the rows) comes last so that the DataLoader, which cuts this sequence every batch_size
@@ -40,6 +41,7 @@ class EpochSampler(Sampler[int]):
         *,
         lengths: Sequence[tuple[int, ...]] | None = None,
         batch_size: int | None = None,
+        group_batches: int = MEGABATCH_BATCHES,
     ) -> None:
         if lengths is not None and (batch_size is None or len(lengths) != len(dataset)):
             raise ValueError("length grouping needs batch_size and one length per row")
@@ -48,6 +50,7 @@ class EpochSampler(Sampler[int]):
         self.shuffle = shuffle
         self.lengths = None if lengths is None else list(lengths)
         self.batch_size = batch_size
+        self.group_batches = group_batches
         self.epoch = 0
 
     def set_epoch(self, epoch: int) -> None:
@@ -61,14 +64,18 @@ class EpochSampler(Sampler[int]):
         order = torch.randperm(len(self.dataset), generator=generator).tolist()
         if self.lengths is None or self.batch_size is None:
             return iter(order)
-        return iter(self._grouped(order, self.lengths, self.batch_size, generator))
+        return iter(self._grouped(order, self.lengths, self.batch_size, generator, self.group_batches))
 
     @staticmethod
     def _grouped(
-        order: list[int], lengths: list[tuple[int, ...]], batch_size: int, generator: torch.Generator
+        order: list[int],
+        lengths: list[tuple[int, ...]],
+        batch_size: int,
+        generator: torch.Generator,
+        group_batches: int = MEGABATCH_BATCHES,
     ) -> list[int]:
         # a multiple of batch_size, so only the very last batch of the epoch can be short
-        group_size = batch_size * MEGABATCH_BATCHES
+        group_size = batch_size * group_batches
         batches: list[list[int]] = []
         for start in range(0, len(order), group_size):
             # longest first; the sort is stable, so equal lengths keep their random order
@@ -174,6 +181,7 @@ def make_loader(
     num_workers: int = 0,
     with_targets: bool = True,
     group_by_length: bool = False,
+    length_group_batches: int = MEGABATCH_BATCHES,
     rank: int = 0,
     world_size: int = 1,
 ) -> DataLoader[dict[str, object]]:
@@ -185,7 +193,14 @@ def make_loader(
     # length groups are cut at the global batch size, so each global batch holds rows of similar length
     global_batch = batch_size * world_size
     lengths = sequence_lengths(dataset) if train and group_by_length else None
-    sampler = EpochSampler(dataset, seed, shuffle=train, lengths=lengths, batch_size=global_batch)
+    sampler = EpochSampler(
+        dataset,
+        seed,
+        shuffle=train,
+        lengths=lengths,
+        batch_size=global_batch,
+        group_batches=length_group_batches,
+    )
     return DataLoader(
         dataset,
         batch_sampler=ShardedBatchSampler(sampler, batch_size, rank=rank, world_size=world_size),

@@ -211,6 +211,7 @@ def train(
         preprocessor,
         train=True,
         group_by_length=training.group_by_length,
+        length_group_batches=training.length_group_batches,
         rank=trainer.global_rank,
         world_size=trainer.world_size,
         **loader_args,  # type: ignore[arg-type]
