@@ -85,6 +85,7 @@ class VAEObjective(ReconstructionBase):
     needs_fusion: ClassVar[bool] = False
     capabilities: ClassVar[tuple[str, ...]] = ("generate", "anomaly")
     steps: Tensor  # () long buffer: training steps taken (drives the KL warm-up, saved with the model)
+    alignment_scale: Tensor  # () 1 / alignment_temperature (from the config, not saved)
 
     def __init__(
         self,
