@@ -172,12 +172,13 @@ def write(results: dict[str, Any]) -> None:
             f"Bayes accuracy 1.0; best from one input alone: {single}; defaults mean "
             f"{entry.get('defaults_mean', '-')} ± {entry.get('defaults_std', '-')}",
             "",
-            "| run | fusion | modality dropout | aux heads | test accuracy | epochs | seconds |",
-            "|---|---|---|---|---|---|---|",
+            "| run | fusion | question encoder | modality dropout | aux heads | test accuracy | epochs | seconds |",
+            "|---|---|---|---|---|---|---|---|",
         ]
         for label, r in entry.get("runs", {}).items():
             lines.append(
-                f"| {label} | {r['fusion']} | {r['modality_dropout']} | {r['aux_loss_weight']} | "
+                f"| {label} | {r['fusion']} | {r['text_encoder'].get('question', '-')} | "
+                f"{r['modality_dropout']} | {r['aux_loss_weight']} | "
                 f"{r['test_accuracy']} | {r['epochs_run']} | {r['whole_run_seconds']} |"
             )
         lines.append("")
