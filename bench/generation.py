@@ -219,10 +219,10 @@ def bench_vae(
     out["coherence_audio_to_image_at_posterior_mean"] = round(a2i_mean, 4)
     tolerant = judge.pop("image_blur_tolerant")
     for temperature, key in ((1.0, ""), (0.0, "_at_posterior_mean")):
-        rate, _ = cross_coherence(
+        agreed, _ = cross_coherence(
             model, test, "audio", "image", tolerant, labels, base, temperature=temperature
         )
-        out[f"coherence_audio_to_image{key}_blur_tolerant_judge"] = round(rate, 4)
+        out[f"coherence_audio_to_image{key}_blur_tolerant_judge"] = round(agreed, 4)
     joint_rate, prior = joint_coherence(model, judge, samples)
     out["joint_coherence"] = round(joint_rate, 4)
 
