@@ -46,7 +46,7 @@ SAMPLES = RESULTS / "generation"
 
 
 def init_and_train(
-    table: Path, work: Path, name: str, init_args: list[str], edit: Any, epochs: int
+    table: Path, work: Path, name: str, init_args: list[str], edit: Any, epochs: int | None
 ) -> tuple[Path, float]:
     config = work / f"{name}.yaml"
     polyfuse(
@@ -62,6 +62,7 @@ def init_and_train(
     )
     raw = yaml.safe_load(config.read_text())
     init_epochs = raw["training"]["epochs"]
+    epochs = epochs or init_epochs
     raw["training"]["epochs"] = epochs
     for objective in raw["objectives"]:  # init sized the KL warm-up to its own epochs: keep its share
         options = objective["options"]
@@ -173,7 +174,7 @@ def bench_vae(
     shapes: Path,
     work: Path,
     judges: dict[str, Path],
-    epochs: int,
+    epochs: int | None,
     samples: int,
     overrides: dict[str, Any],
     tag: str = "",
@@ -202,7 +203,7 @@ def bench_vae(
     rate = model.preprocessor.state.config.audio.sample_rate
     options = yaml.safe_load((run / "model" / "config.yaml").read_text())["objectives"][0]["options"]
     out: dict[str, Any] = {
-        "epochs": epochs,
+        "epochs": json.loads((run / "metrics.json").read_text())["training"]["epochs"],
         "options": options,
         "train_seconds": round(seconds, 1),
         "test_rows": len(test),
@@ -333,7 +334,7 @@ def main() -> None:
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
     )
     parser.add_argument("--joints", nargs="+", default=["poe", "moe", "mopoe"])
-    parser.add_argument("--epochs", type=int, default=15)
+    parser.add_argument("--epochs", type=int, default=None, help="vae epochs (default: init's, 60)")
     parser.add_argument("--judge-epochs", type=int, default=8)
     parser.add_argument("--samples", type=int, default=500, help="unconditional samples for joint coherence")
     parser.add_argument(

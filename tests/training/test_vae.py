@@ -35,6 +35,9 @@ def vae_run(
     assert result.exit_code == 0, result.output
     raw = yaml.safe_load(config_path.read_text())
     assert [o["name"] for o in raw["objectives"]] == ["vae"]
+    # three times a classifier's epochs, and the config says why
+    assert raw["training"]["epochs"] == 60
+    assert "# polyfuse init chose 60 epochs: a vae" in config_path.read_text()
     assert raw["objectives"][0]["options"]["audio_frames"] > 1  # sized from the table's clips
     # the table's label makes same-class rows alignment positives (the model still trains no head)
     assert raw["objectives"][0]["options"]["label_column"] == "label"
