@@ -1,6 +1,6 @@
 """LoRA against a frozen encoder, for a tiny pretrained text, image and audio Hugging Face model.
 
-    OMP_NUM_THREADS=1 .venv/bin/python bench/peft.py          # a few minutes on one CPU core
+    OMP_NUM_THREADS=1 .venv/bin/python bench/peft_bench.py          # a few minutes on one CPU core
 
 Per modality: a table on disk (texts, PNG files or WAV files + a label), `polyfuse init`, then two runs of
 `polyfuse train` with the same config but for the encoder: frozen (only fusion and head train) and LoRA
@@ -380,7 +380,7 @@ def write(summary: dict[str, Any]) -> None:
     RESULTS.mkdir(parents=True, exist_ok=True)
     atomic_write_text(RESULTS / "peft.json", json.dumps(summary, indent=2) + "\n")
     lines = [
-        "# LoRA vs frozen encoder (bench/peft.py)",
+        "# LoRA vs frozen encoder (bench/peft_bench.py)",
         "",
         "| modality | backbone | task | frozen test acc. | LoRA test acc. | test rows | final train loss "
         "frozen / LoRA | LoRA params (% of model) | trainable with LoRA (% of model) |",
