@@ -285,8 +285,9 @@ def bench_vae(
 def write(results: dict[str, Any]) -> None:
     RESULTS.mkdir(exist_ok=True)
     previous = RESULTS / "generation.json"
-    if previous.exists():  # another run (--joints, --tag) may have written its joints since we started
-        results["vae"] = json.loads(previous.read_text()).get("vae", {}) | results["vae"]
+    if previous.exists():  # another run (--joints, --tag) may have written its joints since we started:
+        # keep theirs as they are now, ours over them (`results` holds only this run's joints)
+        results = {**results, "vae": json.loads(previous.read_text()).get("vae", {}) | results["vae"]}
     atomic_write_text(RESULTS / "generation.json", json.dumps(results, indent=2))
     lines = [
         "# Multimodal VAEs on AV-Digits",

@@ -98,6 +98,38 @@ def check_alignment_golden(objective: Any, k: int) -> None:
     )
 
 
+def test_anomaly_score_adds_how_much_the_inputs_disagree(vae: tuple[MultimodalModel, Any, Any]) -> None:
+    model, batch, _ = vae
+    objective: Any = model.objective("vae")
+    k = len(objective.inputs)
+    heads = objective.alignment_heads
+    objective.alignment_heads = torch.nn.ModuleDict({key: PassThrough() for key in heads})
+    try:
+        same = torch.tensor([[1.0, 0.0], [0.0, 1.0], [3.0, 4.0]])
+        experts = [Gaussian(same, torch.zeros(3, 2)) for _ in range(k)]
+        experts[0] = Gaussian(torch.tensor([[1.0, 0.0], [1.0, 0.0], [3.0, 4.0]]), torch.zeros(3, 2))
+        present = dict.fromkeys(objective.inputs, torch.ones(3, dtype=torch.bool))
+        present[objective.inputs[1]] = torch.tensor([True, True, False])
+        # golden: row 0 agrees everywhere (0); in row 1 the first input is orthogonal to the others (cos 0):
+        # its k - 1 pairs cost 1 each; row 2 lacks the second input, the rest agree (0)
+        got = objective.disagreement(experts, present)
+        assert torch.allclose(got, torch.tensor([0.0, (k - 1) / (k * (k - 1) / 2), 0.0]), atol=1e-6)
+        only_one = {n: torch.tensor([n == objective.inputs[0]] * 3) for n in objective.inputs}
+        assert torch.equal(objective.disagreement(experts, only_one), torch.zeros(3))
+    finally:
+        objective.alignment_heads = heads
+    # through the row score: −ELBO per value + weight × disagreement
+    model.eval()
+    with torch.no_grad():
+        output = model(batch)
+        score = objective.row_loss(output, batch, output.present)
+        experts = objective.experts(output)
+        nll, kl, _ = objective._elbo_terms(output, batch, output.present, 0.0)
+        expected = (nll + kl) / objective.normaliser + objective.disagreement(experts, output.present)
+    assert torch.allclose(score, expected, atol=1e-5)
+    assert (objective.disagreement(experts, output.present) > 0).any()
+
+
 def test_alignment_adds_to_the_elbo_and_trains_its_heads(vae: tuple[MultimodalModel, Any, Any]) -> None:
     # through the loss: −ELBO per value + weight · alignment, and 0 weight is the plain ELBO
     model, batch, _ = vae
