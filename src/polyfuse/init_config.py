@@ -9,7 +9,7 @@ from collections import Counter
 from pathlib import Path
 from typing import Any
 
-from polyfuse.config import EncoderConfig, FusionConfig, ObjectiveConfig, RunConfig
+from polyfuse.config import EncoderConfig, FusionConfig, ObjectiveConfig, RunConfig, TrainingConfig
 from polyfuse.config_checks import build_problems, table_problems, unknown_column_problem
 from polyfuse.data.errors import DataError, MediaError, Problem, did_you_mean
 from polyfuse.data.infer import infer_schema
@@ -188,7 +188,8 @@ def _fit_setup_to_inputs(
             f"at least one reaches skill {REDUNDANT_SKILL} alone)"
         )
         return config
-    epochs = COMPLEMENTARY_EPOCH_FACTOR * config.training.epochs
+    # of the default epochs, not of a count another objective (a vae's) already raised
+    epochs = max(config.training.epochs, COMPLEMENTARY_EPOCH_FACTOR * TrainingConfig().epochs)
     named = f"fusion {fusion_given} (given)" if fusion_given else "fusion film"
     notes.append(
         f"{named}, no modality dropout, no per-input heads, {epochs} epochs without early stopping: "

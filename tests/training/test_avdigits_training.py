@@ -45,6 +45,9 @@ def test_init_fits_the_setup_to_redundant_and_complementary_inputs(av_table: Pat
     assert given.training.aux_loss_weight == 0.0 and given.training.early_stopping_patience is None
     assert given.training.epochs == complementary.training.epochs
     assert notes[0].startswith("fusion gated (given), no modality dropout"), notes
+    # a vae beside the head raises the epochs once, not once per reason
+    both = init_config(table, ["answer"], tmp_path / "v.yaml", objectives=["supervised", "vae"])
+    assert both.training.epochs == complementary.training.epochs == 60
     notes = []
     given = init_config(av_table, ["label"], tmp_path / "t.yaml", fusion="tensor", notes=notes)
     assert given.fusion.name == "tensor" and given.fusion.modality_dropout == 0.3

@@ -29,13 +29,13 @@ see `objectives.contrastive.Projection`), over the rows where both are present:
 
     loss = −ELBO / Σ λ_m |x_m|  +  alignment_weight · mean over input pairs of InfoNCE(h_m(μ_m), h_n(μ_n))
 
+(the −ELBO in nats per modelled value, as reported; InfoNCE in nats per row). alignment_weight 0 is the
+plain ELBO.
+
 With `label_column` (`polyfuse init` sets it when the table has a classification label) rows sharing a
 label are positives too (supervised contrastive, as in the contrastive objective): the code is then
 organised by class, which is what lets one input's code generate the other input's view of the same
 class from a few thousand pairs. Without it the model is unsupervised.
-
-(the −ELBO in nats per modelled value, as reported; InfoNCE in nats per row). alignment_weight 0 is the
-plain ELBO.
 """
 
 from __future__ import annotations
@@ -123,7 +123,7 @@ class VAEObjective(ReconstructionBase):
         self._setup(context, inputs, latent_dim, likelihood_weights, false_alarm_rate, audio_frames, True)
         self.alignment_weight = alignment_weight
         self.label_column = label_target("vae", context, label_column)
-        if alignment_weight > 0 and len(self.inputs) > 1:
+        if self.aligns:
             self.alignment_heads = nn.ModuleDict(
                 {self.keys[n]: Projection(latent_dim, 2 * latent_dim, "mlp") for n in self.inputs}
             )
@@ -194,6 +194,11 @@ class VAEObjective(ReconstructionBase):
         nll = self.decoder(name).nll(self.decoder(name)(z), values)
         return torch.where(present[name], nll, 0.0)
 
+    @property
+    def aligns(self) -> bool:
+        """Whether the alignment term is on (one input has nothing to agree with)."""
+        return self.alignment_weight > 0 and len(self.inputs) > 1
+
     def _projected(self, experts: list[Gaussian], present: dict[str, Tensor]) -> list[Tensor]:
         """Each input's posterior mean through its projection head, L2-normalised (B, 2Z)."""
         return [
@@ -243,7 +248,7 @@ class VAEObjective(ReconstructionBase):
             "vae_kl": mean_kl.detach(),
             "vae_beta": torch.tensor(beta),
         }
-        if self.alignment_weight > 0 and len(self.inputs) > 1:
+        if self.aligns:
             # a batch read without targets (scoring a table that lacks the label) aligns row to row only
             labels = batch.targets.get(self.label_column) if self.label_column else None
             alignment = self.alignment(experts, output.present, labels)
@@ -255,7 +260,7 @@ class VAEObjective(ReconstructionBase):
         experts = self.experts(output)
         nll, kl, _ = self._elbo_terms(output, batch, present, temperature=0.0, experts=experts)
         score = (nll + kl) / self.normaliser
-        if self.alignment_weight > 0 and len(self.inputs) > 1:
+        if self.aligns:
             score = score + self.alignment_weight * self.disagreement(experts, present)
         return score
 
