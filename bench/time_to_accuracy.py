@@ -4,6 +4,7 @@
     .venv/bin/python bench/time_to_accuracy.py --seeds 0 --epochs 10
     .venv/bin/python bench/time_to_accuracy.py --set group_by_length=true --set length_group_batches=4 \
         --tag grouped4                                           # a training setting changed, own files
+    .venv/bin/python bench/time_to_accuracy.py --set data.preprocessing.audio.hop_length=160 --tag hop20
 
 Per seed, a child process runs `polyfuse.train` on the config `polyfuse init TABLE -t label` writes (the
 same as `polyfuse train` does, plus a callback that saves the weights after every epoch, its own time
@@ -85,9 +86,16 @@ def one_seed(
     config_path = work / f"seed{seed}.yaml"
     config = init_config(table, ["label"], config_path)
     updates = {**(settings or {}), "seed": seed, **({"epochs": epochs} if epochs else {})}
-    training = type(config.training).model_validate({**config.training.model_dump(), **updates})
-    data = config.data.model_copy(update={"cache_dir": work / "cache"})
-    config_path.write_text(config.model_copy(update={"training": training, "data": data}).to_yaml())
+    tree = config.model_dump(mode="json")
+    for key, value in updates.items():
+        # a plain key is a training setting; a dotted one a path from the config's root
+        *parents, leaf = key.split(".") if "." in key else ["training", key]
+        node = tree
+        for part in parents:
+            node = node[part]
+        node[leaf] = value
+    tree["data"]["cache_dir"] = str(work / "cache")
+    config_path.write_text(type(config).model_validate(tree).to_yaml())
     run_dir = work / f"seed{seed}"
     started = time.time()
     seconds, rss_mb, code = run_child(
@@ -163,7 +171,8 @@ def main() -> None:
         action="append",
         default=[],
         metavar="KEY=VALUE",
-        help="a training setting over init's (YAML value), e.g. group_by_length=true; repeatable",
+        help="a setting over init's (YAML value): a training setting, e.g. group_by_length=true, or a "
+        "dotted path from the config's root, e.g. encoders.audio.options.stem_stride=4; repeatable",
     )
     parser.add_argument("--tag", default="", help="results go to time_to_accuracy_TAG.json / .md")
     parser.add_argument("--child", nargs=2, type=Path, help=argparse.SUPPRESS)

