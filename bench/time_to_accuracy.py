@@ -225,7 +225,7 @@ def write(result: dict[str, Any], stem: str) -> None:
     lines = [
         "# Time to accuracy, default AV-Digits run",
         "",
-        f"Machine: {result['machine']}; training settings over init's: "
+        f"Machine: {result['machine']}; settings over init's: "
         f"{result['training_settings_over_init'] or 'none'}",
         "",
         "| seed | epochs | test accuracy | without audio | without image | s to 0.99 | s to 0.995 | whole run s "

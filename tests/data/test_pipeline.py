@@ -13,7 +13,7 @@ import soundfile as sf
 import torch
 from PIL import Image
 
-from polyfuse.data.dataset import MultimodalDataset, make_collate
+from polyfuse.data.dataset import AUDIO_PAD_MULTIPLE, MultimodalDataset, make_collate
 from polyfuse.data.errors import DataError
 from polyfuse.data.modalities.audio import AudioConfig
 from polyfuse.data.modalities.image import ImageConfig
@@ -90,6 +90,9 @@ def test_batch_carries_presence_masks_and_padding(table_dir: Path, tmp_path: Pat
     assert audio.token_mask is not None
     lengths = audio.token_mask.sum(1)
     assert lengths[7] > lengths[0] > 0  # longer clips, more frames
+    # time padded to the next multiple of 16 frames past the longest clip, and no further
+    assert audio.values.shape[2] % AUDIO_PAD_MULTIPLE == 0
+    assert audio.values.shape[2] - AUDIO_PAD_MULTIPLE < int(lengths.max()) <= audio.values.shape[2]
     assert torch.count_nonzero(audio.values[0, :, lengths[0] :]) == 0  # padding is zeros
     text = batch.inputs["note"]
     assert text.token_mask is not None and text.token_mask[5].sum() == 0
