@@ -158,6 +158,13 @@ class TrainingConfig(BaseModel):
         description="with group_by_length: rows are sorted by length within random groups of this many "
         "batches; fewer gives batches less tied to length (where length follows the label) but more padding",
     )
+    trim_heap_every_n_steps: int | None = Field(
+        4,
+        ge=1,
+        description="on Linux (glibc), give malloc's free pages back to the system every this many training "
+        "steps, so activations of changing shapes do not pile up in the heap: AV-Digits training peaks "
+        "about 0.15 GB lower for about 3 % more time with 4; null never trims",
+    )
     mmap_threshold_mb: float | None = Field(
         None,
         gt=0.0,

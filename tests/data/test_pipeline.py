@@ -13,12 +13,13 @@ import soundfile as sf
 import torch
 from PIL import Image
 
-from polyfuse.data.dataset import AUDIO_PAD_MULTIPLE, MultimodalDataset, make_collate
+from polyfuse.data.dataset import AUDIO_PAD_MULTIPLE, Collate, MultimodalDataset, make_collate
 from polyfuse.data.errors import DataError
 from polyfuse.data.modalities.audio import AudioConfig
 from polyfuse.data.modalities.image import ImageConfig
 from polyfuse.data.prepare import DataConfig, prepare_data
 from polyfuse.data.preprocess import PreprocessingConfig, Preprocessor
+from polyfuse.data.schema import Modality
 from polyfuse.data.splits import SplitConfig
 from polyfuse.data.table import read_table
 
@@ -321,3 +322,23 @@ def test_resolve_media_without_paths_refuses_names_and_urls(value: str) -> None:
     with pytest.raises(MediaError):
         resolve_media(Path(value), None, allow_paths=False)
     assert resolve_media(base64.b64encode(b"RIFF1234").decode(), None, allow_paths=False) == b"RIFF1234"
+
+
+def test_audio_padding_rounds_own_features_but_not_a_pretrained_encoders() -> None:
+    # Whisper accepts only its own number of frames (e.g. 80 x 3000): an input read by a pretrained encoder
+    # is padded to its longest row and no further; polyfuse's log-mel to a multiple of AUDIO_PAD_MULTIPLE.
+    collate = Collate(
+        {"own": Modality.AUDIO, "whisper": Modality.AUDIO},
+        {"own": 40, "whisper": 80},
+        {},
+        exact_length=frozenset({"whisper"}),
+    )
+    samples = [
+        {"inputs": {"own": torch.ones(40, 30), "whisper": torch.ones(80, 100)}, "targets": {}, "index": 0},
+        {"inputs": {"own": torch.ones(40, 17), "whisper": None}, "targets": {}, "index": 1},
+    ]
+    batch = collate(samples)
+    assert batch.inputs["whisper"].values.shape == (2, 80, 100)
+    assert batch.inputs["own"].values.shape == (2, 40, 32)
+    own_mask = batch.inputs["own"].token_mask
+    assert own_mask is not None and own_mask.sum(1).tolist() == [30, 17]

@@ -67,3 +67,41 @@ def test_the_training_option_reaches_the_allocator(
     )
     assert applied == [4.0]
     assert (tmp_path / "run" / "model" / "polyfuse.json").is_file()
+
+
+def test_release_free_heap_calls_glibc() -> None:
+    # What it saves is measured in bench/time_to_accuracy.py (peak RSS); here, that it runs on glibc.
+    from polyfuse.training.memory import release_free_heap
+
+    assert release_free_heap() is True
+
+
+def test_training_trims_the_heap_every_n_steps(
+    synthetic_table: Path, small_config: Any, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """`training.trim_heap_every_n_steps` (default 4) releases the heap on every n-th step; null never."""
+    import lightning as L
+
+    from polyfuse.training import memory, run
+
+    class CountSteps(L.Callback):
+        steps = 0
+
+        def on_train_batch_end(self, trainer: L.Trainer, *args: Any, **kwargs: Any) -> None:
+            CountSteps.steps = trainer.global_step
+
+    trims: list[int] = []
+    monkeypatch.setattr(memory, "release_free_heap", lambda: trims.append(1) or True)
+    config = small_config(synthetic_table, tmp_path / "config.yaml", epochs=3)
+    assert config.training.trim_heap_every_n_steps == 4
+    run.train(config, tmp_path / "run", show_progress=False, log=lambda *_: None, callbacks=[CountSteps()])
+    assert CountSteps.steps >= 4 and len(trims) == CountSteps.steps // 4
+    trims.clear()
+    never = config.training.model_copy(update={"trim_heap_every_n_steps": None})
+    run.train(
+        config.model_copy(update={"training": never}),
+        tmp_path / "never",
+        show_progress=False,
+        log=lambda *_: None,
+    )
+    assert trims == []

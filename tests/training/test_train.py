@@ -238,9 +238,9 @@ def test_init_config_follows_the_data(synthetic_table: Path, tmp_path: Path) -> 
     prep = config.data.preprocessing
     assert prep.image.size == (32, 32) and prep.image.mode == "RGB"  # the synthetic images' native size
     assert prep.audio.sample_rate == 8000
-    # 25 ms windows, 20 ms hops at 8 kHz; time masks stay up to 100 ms wide
-    assert (prep.audio.win_length, prep.audio.hop_length, prep.audio.n_fft) == (200, 160, 256)
-    assert prep.audio.augment.max_time_mask_frames == 5
+    assert (prep.audio.win_length, prep.audio.hop_length, prep.audio.n_fft) == (200, 80, 256)  # 25 / 10 ms
+    # init's narrower first audio stage is written out, so the class default (older models) stays as it was
+    assert config.encoders["audio"].options == {"widths": [16, 64, 128]}
     again = subprocess.run(
         [*CLI, "init", str(synthetic_table), "--target", "label", "-o", str(out)],
         capture_output=True,

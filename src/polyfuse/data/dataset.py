@@ -16,10 +16,11 @@ from polyfuse.data.preprocess import Preprocessor
 from polyfuse.data.schema import Modality
 from polyfuse.data.table import Table
 
-# Audio batches are padded in time to a multiple of this many frames. Fewer distinct batch shapes let the
-# allocator reuse the blocks the previous step freed instead of growing the heap: a 4-epoch AV-Digits run
-# peaked at 1,036 MB instead of 1,166 MB, at the same speed. Encoders mask the padding (audio.cnn's time
-# stride of 8 divides 16).
+# polyfuse's own audio features are padded in time to a multiple of this many frames. Fewer distinct batch
+# shapes let the allocator reuse the blocks the previous step freed instead of growing the heap: a 4-epoch
+# AV-Digits run peaked at 1,036 MB instead of 1,166 MB, at the same speed. Encoders mask the padding
+# (audio.cnn's time stride of 8 divides 16). Inputs read by a pretrained encoder keep their exact length:
+# Whisper, for one, accepts only its own number of frames.
 AUDIO_PAD_MULTIPLE = 16
 
 
@@ -83,10 +84,17 @@ class Collate:
     A picklable object (not a closure) so DataLoader worker processes can use it.
     """
 
-    def __init__(self, inputs: dict[str, Modality], sizes: dict[str, int], text_pad: dict[str, int]) -> None:
+    def __init__(
+        self,
+        inputs: dict[str, Modality],
+        sizes: dict[str, int],
+        text_pad: dict[str, int],
+        exact_length: frozenset[str] = frozenset(),
+    ) -> None:
         self.inputs = inputs
         self.sizes = sizes
         self.text_pad = text_pad
+        self.exact_length = exact_length  # inputs padded to their longest row only (pretrained encoders')
 
     def __call__(self, samples: Sequence[dict[str, Any]]) -> Batch:
         batch_inputs = {
@@ -112,7 +120,8 @@ class Collate:
             # (F, T_i) → (B, F, T_max) with a (B, T_max) frame mask
             n_bins = real[0].shape[0] if real else self.sizes[name]
             length = max((v.shape[1] for v in real), default=1)
-            length = -(-length // AUDIO_PAD_MULTIPLE) * AUDIO_PAD_MULTIPLE
+            if name not in self.exact_length:
+                length = -(-length // AUDIO_PAD_MULTIPLE) * AUDIO_PAD_MULTIPLE
             padded = torch.zeros(len(values), n_bins, length)
             mask = torch.zeros(len(values), length, dtype=torch.bool)
             for i, v in enumerate(values):
@@ -142,4 +151,9 @@ class Collate:
 
 
 def make_collate(preprocessor: Preprocessor) -> Collate:
-    return Collate(preprocessor.inputs, preprocessor.input_sizes(), preprocessor.padding_values())
+    return Collate(
+        preprocessor.inputs,
+        preprocessor.input_sizes(),
+        preprocessor.padding_values(),
+        exact_length=frozenset(preprocessor.state.pretrained),
+    )

@@ -9,28 +9,71 @@ high-water mark of every shape it ever saw: the default AV-Digits run grows from
 while the many small tensors stay on the heap, but every large buffer's pages are then faulted in afresh:
 epochs take 1.75x as long on an idle 2-core box (8.5 -> 15.5 s). Hence opt-in (training.mmap_threshold_mb),
 for a run that must fit in memory more than it must be fast.
+
+The default instead gives the free pages back every few training steps (`release_free_heap`, glibc's
+malloc_trim: it also returns free pages in the middle of the heap, not only at its top). The heap still
+serves the activations, so most steps fault in nothing; only pages freed since the last trim are touched
+afresh. On a 6-epoch AV-Digits run (init's defaults, 2 threads) every 4 steps peaked at 1.09 GB instead of
+1.25 GB for about 3 % more time; every step, 1.06 GB for 1.4x the time (training.trim_heap_every_n_steps).
 """
 
 from __future__ import annotations
 
 import ctypes
 import ctypes.util
+import functools
 import sys
+from typing import Any
+
+import lightning as L
 
 M_MMAP_THRESHOLD = -3  # mallopt parameter number, from glibc's malloc.h
+
+
+@functools.cache
+def _glibc() -> ctypes.CDLL | None:
+    if not sys.platform.startswith("linux"):
+        return None
+    name = ctypes.util.find_library("c")
+    try:
+        libc = ctypes.CDLL(name or "libc.so.6")
+        libc.mallopt  # noqa: B018  (musl has neither mallopt nor malloc_trim)
+        libc.malloc_trim  # noqa: B018
+    except (OSError, AttributeError):
+        return None
+    return libc
+
+
+def release_free_heap() -> bool:
+    """Give the free pages of malloc's heap back to the system (glibc's malloc_trim(0)). Returns False
+    where the C library is not glibc; True otherwise, whether or not there was anything to give back."""
+    libc = _glibc()
+    if libc is None:
+        return False
+    libc.malloc_trim.argtypes = [ctypes.c_size_t]
+    libc.malloc_trim.restype = ctypes.c_int
+    libc.malloc_trim(0)
+    return True
 
 
 def map_large_allocations(threshold_mb: float) -> bool:
     """Serve allocations of at least `threshold_mb` MiB with mmap from now on (process-wide; also stops
     glibc raising the threshold). Returns False where the C library is not glibc (macOS, Windows, musl)."""
-    if not sys.platform.startswith("linux"):
+    libc = _glibc()
+    if libc is None:
         return False
-    name = ctypes.util.find_library("c")
-    try:
-        libc = ctypes.CDLL(name or "libc.so.6")
-        mallopt = libc.mallopt
-    except (OSError, AttributeError):  # musl has no mallopt
-        return False
+    mallopt = libc.mallopt
     mallopt.argtypes = [ctypes.c_int, ctypes.c_int]
     mallopt.restype = ctypes.c_int
     return bool(mallopt(M_MMAP_THRESHOLD, int(threshold_mb * 1024 * 1024)))
+
+
+class HeapTrim(L.Callback):
+    """`release_free_heap` after every `every_n_steps`-th training step."""
+
+    def __init__(self, every_n_steps: int) -> None:
+        self.every_n_steps = every_n_steps
+
+    def on_train_batch_end(self, trainer: L.Trainer, *args: Any, **kwargs: Any) -> None:
+        if trainer.global_step % self.every_n_steps == 0:
+            release_free_heap()
