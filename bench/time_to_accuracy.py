@@ -91,7 +91,10 @@ def one_seed(
         # a plain key is a training setting; a dotted one a path from the config's root
         *parents, leaf = key.split(".") if "." in key else ["training", key]
         node = tree
-        for part in parents:
+        for depth, part in enumerate(parents):
+            if not isinstance(node, dict) or part not in node:
+                known = sorted(node) if isinstance(node, dict) else []
+                raise SystemExit(f"--set {key}: no '{'.'.join(parents[: depth + 1])}' in the config; {known}")
             node = node[part]
         node[leaf] = value
     tree["data"]["cache_dir"] = str(work / "cache")
@@ -192,7 +195,7 @@ def main() -> None:
     whole = statistics.mean(r["whole_run_seconds"] for r in runs)
     result = {
         "machine": f"{platform.machine()}, {torch.get_num_threads()} torch threads, torch {torch.__version__}",
-        "training_settings_over_init": settings,
+        "settings_over_init": settings,
         "train_rows": train_rows,
         "runs": runs,
         "mean": {
@@ -225,8 +228,7 @@ def write(result: dict[str, Any], stem: str) -> None:
     lines = [
         "# Time to accuracy, default AV-Digits run",
         "",
-        f"Machine: {result['machine']}; settings over init's: "
-        f"{result['training_settings_over_init'] or 'none'}",
+        f"Machine: {result['machine']}; settings over init's: {result['settings_over_init'] or 'none'}",
         "",
         "| seed | epochs | test accuracy | without audio | without image | s to 0.99 | s to 0.995 | whole run s "
         "| peak RSS MB |",

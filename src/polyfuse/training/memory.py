@@ -13,8 +13,9 @@ for a run that must fit in memory more than it must be fast.
 The default instead gives the free pages back every few training steps (`release_free_heap`, glibc's
 malloc_trim: it also returns free pages in the middle of the heap, not only at its top). The heap still
 serves the activations, so most steps fault in nothing; only pages freed since the last trim are touched
-afresh. On a 6-epoch AV-Digits run (init's defaults, 2 threads) every 4 steps peaked at 1.09 GB instead of
-1.25 GB for about 3 % more time; every step, 1.06 GB for 1.4x the time (training.trim_heap_every_n_steps).
+afresh. The default AV-Digits run (init's defaults, 2 threads, 3 seeds) peaked at 1.18-1.28 GB instead of
+1.32-1.35 GB with a trim every 4 steps, for 6 % more time (122.5 vs 115.1 s); a trim every step cost 1.4x
+the time in a shorter run (training.trim_heap_every_n_steps).
 """
 
 from __future__ import annotations

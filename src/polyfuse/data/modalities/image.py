@@ -40,7 +40,7 @@ class ImageAugmentConfig(BaseModel):
     """Train-time augmentation: one random affine (resized crop + rotation + translation [+ flip]), then
     optionally random erasing (Zhong et al. 2017): a random rectangle painted black, so that the model
     learns to read an input with a part hidden (occlusions, stickers, a finger over the lens). Erasing is
-    off by default: at 0.5 it left AV-Digits-N within seed noise (bench/results/fusion_noisy.json)."""
+    off by default: at 0.5 it left AV-Digits-N within seed noise (bench/results/fusion_noisy_10ms_hops.json)."""
 
     model_config = ConfigDict(extra="forbid")
 
