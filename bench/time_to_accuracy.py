@@ -175,7 +175,7 @@ def main() -> None:
         default=[],
         metavar="KEY=VALUE",
         help="a setting over init's (YAML value): a training setting, e.g. group_by_length=true, or a "
-        "dotted path from the config's root, e.g. encoders.audio.options.stem_stride=4; repeatable",
+        "dotted path from the config's root, e.g. encoders.audio.options.widths=[32,64,128]; repeatable",
     )
     parser.add_argument("--tag", default="", help="results go to time_to_accuracy_TAG.json / .md")
     parser.add_argument("--child", nargs=2, type=Path, help=argparse.SUPPRESS)

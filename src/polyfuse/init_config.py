@@ -103,11 +103,12 @@ def init_config(
     )
     encoders = {
         name: EncoderConfig(
-            name=DEFAULT_ENCODERS[modality.value],
+            name=encoder,
             trainable=modality is not Modality.TEXT,
-            options=dict(INIT_ENCODER_OPTIONS.get(DEFAULT_ENCODERS[modality.value], {})),
+            options=dict(INIT_ENCODER_OPTIONS.get(encoder, {})),
         )
         for name, modality in schema.input_names().items()
+        for encoder in [DEFAULT_ENCODERS[modality.value]]
     }
     label = targets[0] if targets else None
     config = RunConfig(

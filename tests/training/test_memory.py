@@ -105,3 +105,18 @@ def test_training_trims_the_heap_every_n_steps(
         log=lambda *_: None,
     )
     assert trims == []
+
+
+def test_heap_trim_once_per_optimizer_step_under_gradient_accumulation(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    from types import SimpleNamespace
+
+    from polyfuse.training import memory
+
+    trims: list[int] = []
+    monkeypatch.setattr(memory, "release_free_heap", lambda: trims.append(1) or True)
+    callback = memory.HeapTrim(every_n_steps=4)
+    for step in [1, 1, 2, 2, 3, 3, 4, 4, 5, 5, 6, 6, 7, 7, 8, 8]:  # 2 batches per optimizer step
+        callback.on_train_batch_end(SimpleNamespace(global_step=step))  # type: ignore[arg-type]
+    assert len(trims) == 2  # after steps 4 and 8, once each

@@ -38,8 +38,10 @@ def _glibc() -> ctypes.CDLL | None:
     name = ctypes.util.find_library("c")
     try:
         libc = ctypes.CDLL(name or "libc.so.6")
-        libc.mallopt  # noqa: B018  (musl has neither mallopt nor malloc_trim)
-        libc.malloc_trim  # noqa: B018
+        libc.mallopt.argtypes = [ctypes.c_int, ctypes.c_int]  # musl has neither mallopt nor malloc_trim
+        libc.mallopt.restype = ctypes.c_int
+        libc.malloc_trim.argtypes = [ctypes.c_size_t]
+        libc.malloc_trim.restype = ctypes.c_int
     except (OSError, AttributeError):
         return None
     return libc
@@ -51,8 +53,6 @@ def release_free_heap() -> bool:
     libc = _glibc()
     if libc is None:
         return False
-    libc.malloc_trim.argtypes = [ctypes.c_size_t]
-    libc.malloc_trim.restype = ctypes.c_int
     libc.malloc_trim(0)
     return True
 
@@ -63,18 +63,19 @@ def map_large_allocations(threshold_mb: float) -> bool:
     libc = _glibc()
     if libc is None:
         return False
-    mallopt = libc.mallopt
-    mallopt.argtypes = [ctypes.c_int, ctypes.c_int]
-    mallopt.restype = ctypes.c_int
-    return bool(mallopt(M_MMAP_THRESHOLD, int(threshold_mb * 1024 * 1024)))
+    return bool(libc.mallopt(M_MMAP_THRESHOLD, int(threshold_mb * 1024 * 1024)))
 
 
 class HeapTrim(L.Callback):
-    """`release_free_heap` after every `every_n_steps`-th training step."""
+    """`release_free_heap` after every `every_n_steps`-th optimizer step (once per step: with gradient
+    accumulation several batches end on the same global_step)."""
 
     def __init__(self, every_n_steps: int) -> None:
         self.every_n_steps = every_n_steps
+        self._last_trimmed = 0
 
     def on_train_batch_end(self, trainer: L.Trainer, *args: Any, **kwargs: Any) -> None:
-        if trainer.global_step % self.every_n_steps == 0:
+        step = trainer.global_step
+        if step % self.every_n_steps == 0 and step != self._last_trimmed:
             release_free_heap()
+            self._last_trimmed = step
