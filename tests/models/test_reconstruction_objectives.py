@@ -27,9 +27,14 @@ class PassThrough(torch.nn.Module):
 
 
 def _model(
-    synthetic_table: Path, small_config: Any, tmp_path: Path, objective: str
+    synthetic_table: Path,
+    small_config: Any,
+    tmp_path: Path,
+    objective: str,
+    options: dict[str, Any] | None = None,
 ) -> tuple[MultimodalModel, Any, Any]:
     config = small_config(synthetic_table, tmp_path / "config.yaml", targets=(), objectives=(objective,))
+    config.objectives[0].options.update(options or {})
     prepared = prepare_data(config.data, show_progress=False)
     model = build_model(config, prepared.preprocessor)
     train = prepared.split("train")
@@ -240,7 +245,8 @@ def subset_nlls(objective: Any, output: Any, batch: Any) -> tuple[torch.Tensor, 
     with torch.no_grad():
         for subset in objective.components:
             posterior, ok = subset_posterior(objective.joint, experts, masks, subset)
-            nlls.append(objective._weighted_nll(posterior.mean, batch, output.present))
+            codes = {n: posterior.mean for n in objective.decoded}  # no private codes here
+            nlls.append(objective._weighted_nll(codes, batch, output.present))
             valid.append(ok)
     return torch.stack(nlls, 1), torch.stack(valid, 1)
 
@@ -319,3 +325,95 @@ def test_griffin_lim_brings_back_a_tone_at_its_pitch() -> None:
     peak_hz = np.argmax(spectrum) * 8000 / len(wave)
     assert abs(peak_hz - 1000) < 60  # mel bands near 1 kHz are ~60 Hz wide at this resolution
     assert np.abs(wave).max() == pytest.approx(0.9, abs=1e-4)
+
+
+def test_laplace_image_likelihood_is_the_absolute_error_over_its_scale() -> None:
+    from polyfuse.data.batch import ModalityBatch
+    from polyfuse.models.decoders import ImageDecoder, gaussian_nll, laplace_nll
+
+    # golden: −log Laplace(1 | 0, b = e^0.5) = 1 / e^0.5 + 0.5 + log 2
+    assert laplace_nll(torch.tensor(0.0), torch.tensor(1.0), torch.tensor(0.5)).item() == pytest.approx(
+        math.exp(-0.5) + 0.5 + math.log(2.0), rel=1e-6
+    )
+    torch.manual_seed(0)
+    laplace = ImageDecoder(4, 1, (8, 8), likelihood="laplace")
+    gaussian = ImageDecoder(4, 1, (8, 8))
+    gaussian.load_state_dict(laplace.state_dict())
+    raw = laplace(torch.randn(2, 4))
+    pixels = torch.rand(2, 1, 8, 8) * 2 - 1
+    batch = ModalityBatch(values=pixels, present=torch.tensor([True, False]))
+    mean = laplace.mean(raw)
+    expected = laplace_nll(mean[0], pixels[0], laplace.log_scale).sum()
+    assert laplace.nll(raw, batch)[0].item() == pytest.approx(expected.item(), rel=1e-5)
+    assert laplace.nll(raw, batch)[1].item() == 0.0  # a row without the image adds nothing
+    assert gaussian.nll(raw, batch)[0].item() == pytest.approx(
+        gaussian_nll(mean[0], pixels[0], gaussian.log_scale).sum().item(), rel=1e-5
+    )
+    with pytest.raises(ValueError, match="'gaussian' or 'laplace'"):
+        ImageDecoder(4, 1, (8, 8), likelihood="bernoulli")  # type: ignore[arg-type]
+
+
+def test_private_codes_enter_the_kl_and_the_decoders_and_come_from_the_prior_across_inputs(
+    synthetic_table: Path, small_config: Any, tmp_path: Path
+) -> None:
+    model, batch, _ = _model(
+        synthetic_table, small_config, tmp_path, "vae", {"private_dim": 3, "inputs": ["audio", "image"]}
+    )
+    objective: Any = model.objective("vae")
+    assert objective.decoders["image"].project[0].in_features == objective.latent_dim + 3
+    model.eval()
+    with torch.no_grad():
+        output = model(batch)
+        present = output.present
+        experts, privates = objective.experts(output), objective.privates(output)
+        _, kl, _ = objective._elbo_terms(output, batch, present, temperature=0.0)
+        # by hand: mopoe over (audio, image) has components {audio}, {image}, {audio, image}; each valid one
+        # adds its shared KL and the private KLs of the inputs it was inferred from
+        a, i = present["audio"], present["image"]
+        subsets = [(a, [("audio", a)]), (i, [("image", i)]), (a & i, [("audio", a), ("image", i)])]
+        shared = [
+            subset_posterior("mopoe", experts, [a, i], s)[0].kl_to_standard_normal()
+            for s in [(0,), (1,), (0, 1)]
+        ]
+        total, count = torch.zeros_like(kl), torch.zeros_like(kl)
+        for (valid, own), shared_kl in zip(subsets, shared, strict=True):
+            term = shared_kl + sum(privates[n].kl_to_standard_normal() for n, _ in own)
+            total, count = total + torch.where(valid, term, 0.0), count + valid.float()
+        assert torch.allclose(kl, total / count.clamp(min=1), rtol=1e-5)
+        assert bool((kl > 0).all())
+        # generating the image from the audio alone: w_image from the prior (0 at temperature 0)
+        audio_only = dict(present, image=torch.zeros_like(present["image"]))
+        z = torch.zeros(len(a), objective.latent_dim)
+        code = objective.decoder_code("image", z, output.with_present(audio_only), 0.0, None)
+        assert torch.equal(code[:, -3:], torch.zeros(len(a), 3))
+        # rows that have the image keep its own private code
+        code = objective.decoder_code("image", z, output, 0.0, None)
+        assert torch.allclose(code[i, -3:], privates["image"].mean[i])
+        unconditional = objective.generate(None, "image", 4, 1.0, torch.Generator().manual_seed(0))
+    assert unconditional.shape[0] == 4
+
+
+def test_a_fitted_prior_is_fitted_on_validation_codes_and_draws_unconditional_samples(
+    synthetic_table: Path, small_config: Any, tmp_path: Path
+) -> None:
+    model, batch, _ = _model(
+        synthetic_table, small_config, tmp_path, "vae", {"fitted_prior_components": 2, "latent_dim": 4}
+    )
+    objective: Any = model.objective("vae")
+    assert not objective.prior_fitted  # until calibrated: N(0, I)
+    model.eval()
+    with torch.no_grad():
+        rows = objective.eval_rows(model(batch), batch)
+    assert rows["latent"].shape == (12, 4)
+    # two tight clusters of codes, at +5 and -5 on the first axis (1 row in 4 at -5)
+    codes = torch.zeros(12, 4)
+    codes[:, 0] = torch.tensor([5.0, 5.0, 5.0, -5.0] * 3)
+    objective.calibrate(dict(rows, latent=codes + 0.01 * torch.randn(12, 4)))
+    assert objective.prior_fitted and not math.isnan(float(objective.anomaly_threshold))
+    z = objective.latent(None, 400, 1.0, torch.Generator().manual_seed(0))
+    assert ((z[:, 0] - 5.0).abs() < 0.5).float().mean().item() == pytest.approx(0.75, abs=0.07)
+    assert ((z[:, 0] + 5.0).abs() < 0.5).float().mean().item() == pytest.approx(0.25, abs=0.07)
+    # saved with the weights: a model loaded from disk draws from the same prior
+    assert {"prior_weights", "prior_means", "prior_logvars"} <= {
+        k.split(".")[-1] for k in objective.state_dict()
+    }

@@ -122,3 +122,20 @@ def test_one_drawn_subset_per_row_is_an_unbiased_estimate_of_the_mopoe_average()
     assert choice[rows].item() == 0
     # a row with no valid subset still gets an index (component 0), which callers mask out
     assert draw_components(torch.zeros(2, 3, dtype=torch.bool)).tolist() == [0, 0]
+
+
+def test_gaussian_mixture_recovers_two_clusters_and_pads_missing_components() -> None:
+    from polyfuse.models.latent import fit_gaussian_mixture
+
+    g = torch.Generator().manual_seed(1)
+    left = torch.randn(300, 4, generator=g) * 0.1 + torch.tensor([3.0, 0, 0, 0])
+    right = torch.randn(100, 4, generator=g) * 0.2 - torch.tensor([3.0, 0, 0, 0])
+    weights, means, logvars = fit_gaussian_mixture(torch.cat([left, right]), 2)
+    order = means[:, 0].argsort(descending=True)  # the +3 cluster first
+    assert torch.allclose(weights[order], torch.tensor([0.75, 0.25]), atol=1e-4)
+    assert torch.allclose(means[order], torch.stack([left.mean(0), right.mean(0)]), atol=1e-3)
+    assert torch.allclose(
+        logvars[order].exp().sqrt().mean(1), torch.tensor([0.1, 0.2]), atol=0.02
+    )  # each cluster's own spread
+    weights, means, _ = fit_gaussian_mixture(left[:2], 3)  # fewer points than components
+    assert weights.tolist()[2] == 0.0 and abs(sum(weights.tolist()) - 1.0) < 1e-6

@@ -41,6 +41,9 @@ def vae_run(
     assert raw["objectives"][0]["options"]["audio_frames"] > 1  # sized from the table's clips
     # the table's label makes same-class rows alignment positives (the model still trains no head)
     assert raw["objectives"][0]["options"]["label_column"] == "label"
+    # a sharper image likelihood, and unconditional samples from where the codes are (see init_config)
+    assert raw["objectives"][0]["options"]["image_likelihood"] == "laplace"
+    assert raw["objectives"][0]["options"]["fitted_prior_components"] == 10
     raw["encoders"] = {n: small_encoders[n].model_dump() for n in raw["encoders"]}
     raw["training"].update(epochs=2, batch_size=16, early_stopping_patience=None)
     # two inputs keep it quick (anomaly scores average the ELBO over every non-empty subset: 3 of 2 inputs)
@@ -71,6 +74,10 @@ def test_vae_model_generates_scores_and_flags(
     again = predictor.generate(rows, "image", base_dir=synthetic_table.parent)
     assert np.array_equal(np.asarray(images[1]), np.asarray(again[1]))
     assert len(predictor.generate(None, "image", n=5)) == 5
+    # the prior unconditional samples come from was fitted on the validation codes and saved
+    objective = predictor.model.objective("vae")
+    assert objective.prior_fitted and objective.decoder("image").likelihood == "laplace"
+    assert float(objective.prior_weights.sum()) == pytest.approx(1.0, abs=1e-5)
 
     flagged = predictor.predict(frame, base_dir=synthetic_table.parent)
     assert list(flagged.columns) == ["anomaly_score", "anomaly"]

@@ -22,6 +22,7 @@ own training recipe): E_k[f_k] = (1/K_valid) Σ_k f_k.
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
 from itertools import combinations
 
@@ -144,3 +145,49 @@ def sample_mixture(
     safe = torch.where(weights.sum(1, keepdim=True) > 0, weights, 1.0)
     choice = torch.multinomial(safe, 1, generator=generator).squeeze(1)  # (B,)
     return pick(parts, choice).sample(temperature, generator)
+
+
+def fit_gaussian_mixture(
+    points: Tensor, components: int, iterations: int = 100, seed: int = 0
+) -> tuple[Tensor, Tensor, Tensor]:
+    """A diagonal Gaussian mixture fitted to points (N, Z) by EM from a k-means++ start (deterministic
+    given `seed`). Returns weights (K,), means (K, Z), log-variances (K, Z); with fewer points than
+    components the extra components get weight 0. Variances are floored at 1e-3 of the points' own, so a
+    component on one point does not collapse."""
+    x = points.double()
+    n, dim = x.shape
+    k = min(components, n)
+    generator = torch.Generator().manual_seed(seed)
+    centres = [x[int(torch.randint(n, (), generator=generator))]]
+    for _ in range(1, k):  # k-means++: each next centre drawn in proportion to its squared distance
+        distance = torch.cdist(x, torch.stack(centres)).square().amin(1)
+        if float(distance.sum()) == 0.0:
+            centres.append(centres[-1])
+            continue
+        centres.append(x[int(torch.multinomial(distance, 1, generator=generator))])
+    means = torch.stack(centres)  # (k, Z)
+    floor = 1e-3 * x.var(0, unbiased=False).clamp(min=1e-12)  # (Z,)
+    variances = x.var(0, unbiased=False).clamp(min=1e-12).expand(k, dim).clone()
+    weights = torch.full((k,), 1.0 / k, dtype=x.dtype)
+    for _ in range(iterations):
+        # E step: log N(x | μ_k, diag σ_k²) + log π_k  (N, k)
+        log_p = (
+            -0.5
+            * (
+                ((x[:, None, :] - means[None]) ** 2 / variances[None]).sum(-1)
+                + torch.log(variances).sum(-1)[None]
+                + dim * math.log(2 * math.pi)
+            )
+            + torch.log(weights.clamp(min=1e-300))[None]
+        )
+        resp = torch.softmax(log_p, dim=1)  # (N, k)
+        # M step
+        mass = resp.sum(0).clamp(min=1e-12)  # (k,)
+        weights = mass / n
+        means = (resp.T @ x) / mass[:, None]
+        variances = torch.maximum((resp.T @ x.square()) / mass[:, None] - means.square(), floor)
+    pad = components - k
+    weights = torch.cat([weights, weights.new_zeros(pad)])
+    means = torch.cat([means, means.new_zeros(pad, dim)])
+    log_variances = torch.cat([torch.log(variances), variances.new_zeros(pad, dim)])
+    return weights.float(), means.float(), log_variances.float()

@@ -12,7 +12,7 @@ inputs.
 from __future__ import annotations
 
 import math
-from typing import TYPE_CHECKING, Any, ClassVar
+from typing import TYPE_CHECKING, Any, ClassVar, Literal
 
 import torch
 from torch import Tensor, nn
@@ -60,7 +60,12 @@ def audio_frames(context: ObjectiveContext, requested: int | None) -> int:
 
 
 def build_decoder(
-    name: str, context: ObjectiveContext, latent_dim: int, frames: int, learn_scale: bool
+    name: str,
+    context: ObjectiveContext,
+    latent_dim: int,
+    frames: int,
+    learn_scale: bool,
+    image_likelihood: Literal["gaussian", "laplace"] = "gaussian",
 ) -> Decoder:
     """The decoder for one input, sized from the fitted preprocessing (or dummy sizes without one)."""
     modality = context.inputs[name]
@@ -74,6 +79,7 @@ def build_decoder(
             learn_scale=learn_scale,
             pixel_mean=cfg.image.channel_mean(),
             pixel_std=cfg.image.channel_std(),
+            likelihood=image_likelihood,
         )
     if modality is Modality.AUDIO:
         return AudioDecoder(latent_dim, cfg.audio.feature_dim, frames, learn_scale=learn_scale)
@@ -101,6 +107,8 @@ class ReconstructionBase(nn.Module):
         false_alarm_rate: float,
         audio_frames_: int | None,
         learn_scale: bool,
+        image_likelihood: Literal["gaussian", "laplace"] = "gaussian",
+        private_dim: int = 0,
     ) -> None:
         from polyfuse.models.model import module_key
 
@@ -114,8 +122,12 @@ class ReconstructionBase(nn.Module):
         self.keys = {n: module_key(n) for n in self.inputs}
         self.latent_dim = latent_dim
         frames = audio_frames(context, audio_frames_)
+        decoder_dim = latent_dim + private_dim
         self.decoders = nn.ModuleDict(
-            {self.keys[n]: build_decoder(n, context, latent_dim, frames, learn_scale) for n in self.decoded}
+            {
+                self.keys[n]: build_decoder(n, context, decoder_dim, frames, learn_scale, image_likelihood)
+                for n in self.decoded
+            }
         )
         elements = {n: self.decoder(n).elements() for n in self.decoded}
         weights = dict(likelihood_weights or {})
@@ -177,8 +189,19 @@ class ReconstructionBase(nn.Module):
         if target not in self.decoded:
             raise ValueError(f"{self.name} cannot generate '{target}'; it rebuilds {self.decoded}")
         z = self.latent(output, n, temperature, generator)
-        out: Tensor = self.decoder(target)(z)
+        out: Tensor = self.decoder(target)(self.decoder_code(target, z, output, temperature, generator))
         return out
+
+    def decoder_code(
+        self,
+        target: str,
+        z: Tensor,
+        output: ModelOutput | None,
+        temperature: float,
+        generator: torch.Generator | None,
+    ) -> Tensor:
+        """What `target`'s decoder reads to generate from the shared code z (B, Z): z itself here."""
+        return z
 
     def anomaly_rows(self, output: ModelOutput, batch: Batch) -> dict[str, Tensor]:
         """anomaly_score (B,) and anomaly (B,) bool (score over the calibrated threshold; False without one).
