@@ -245,8 +245,7 @@ def subset_nlls(objective: Any, output: Any, batch: Any) -> tuple[torch.Tensor, 
     with torch.no_grad():
         for subset in objective.components:
             posterior, ok = subset_posterior(objective.joint, experts, masks, subset)
-            codes = {n: posterior.mean for n in objective.decoded}  # no private codes here
-            nlls.append(objective._weighted_nll(codes, batch, output.present))
+            nlls.append(objective._weighted_nll(posterior.mean, batch, output.present))
             valid.append(ok)
     return torch.stack(nlls, 1), torch.stack(valid, 1)
 
@@ -351,46 +350,6 @@ def test_laplace_image_likelihood_is_the_absolute_error_over_its_scale() -> None
     )
     with pytest.raises(ValueError, match="'gaussian' or 'laplace'"):
         ImageDecoder(4, 1, (8, 8), likelihood="bernoulli")  # type: ignore[arg-type]
-
-
-def test_private_codes_enter_the_kl_and_the_decoders_and_come_from_the_prior_across_inputs(
-    synthetic_table: Path, small_config: Any, tmp_path: Path
-) -> None:
-    model, batch, _ = _model(
-        synthetic_table, small_config, tmp_path, "vae", {"private_dim": 3, "inputs": ["audio", "image"]}
-    )
-    objective: Any = model.objective("vae")
-    assert objective.decoders["image"].project[0].in_features == objective.latent_dim + 3
-    model.eval()
-    with torch.no_grad():
-        output = model(batch)
-        present = output.present
-        experts, privates = objective.experts(output), objective.privates(output)
-        _, kl, _ = objective._elbo_terms(output, batch, present, temperature=0.0)
-        # by hand: mopoe over (audio, image) has components {audio}, {image}, {audio, image}; each valid one
-        # adds its shared KL and the private KLs of the inputs it was inferred from
-        a, i = present["audio"], present["image"]
-        subsets = [(a, [("audio", a)]), (i, [("image", i)]), (a & i, [("audio", a), ("image", i)])]
-        shared = [
-            subset_posterior("mopoe", experts, [a, i], s)[0].kl_to_standard_normal()
-            for s in [(0,), (1,), (0, 1)]
-        ]
-        total, count = torch.zeros_like(kl), torch.zeros_like(kl)
-        for (valid, own), shared_kl in zip(subsets, shared, strict=True):
-            term = shared_kl + sum(privates[n].kl_to_standard_normal() for n, _ in own)
-            total, count = total + torch.where(valid, term, 0.0), count + valid.float()
-        assert torch.allclose(kl, total / count.clamp(min=1), rtol=1e-5)
-        assert bool((kl > 0).all())
-        # generating the image from the audio alone: w_image from the prior (0 at temperature 0)
-        audio_only = dict(present, image=torch.zeros_like(present["image"]))
-        z = torch.zeros(len(a), objective.latent_dim)
-        code = objective.decoder_code("image", z, output.with_present(audio_only), 0.0, None)
-        assert torch.equal(code[:, -3:], torch.zeros(len(a), 3))
-        # rows that have the image keep its own private code
-        code = objective.decoder_code("image", z, output, 0.0, None)
-        assert torch.allclose(code[i, -3:], privates["image"].mean[i])
-        unconditional = objective.generate(None, "image", 4, 1.0, torch.Generator().manual_seed(0))
-    assert unconditional.shape[0] == 4
 
 
 def test_a_fitted_prior_is_fitted_on_validation_codes_and_draws_unconditional_samples(

@@ -116,8 +116,10 @@ class ImageDecoder(nn.Module):
         # strokes could only be as bright as the bias, where no feature fired (generated MNIST strokes
         # never passed pixel 132-169 of 255). From the average, strokes are what features must add.
         share = (-self.lo / (self.hi - self.lo)).clamp(1e-3, 1 - 1e-3).flatten()  # (C,) σ(bias)
+        bias = self.out.bias
+        assert bias is not None
         with torch.no_grad():
-            self.out.bias.copy_(torch.log(share / (1 - share)))
+            bias.copy_(torch.log(share / (1 - share)))
         self.log_scale = nn.Parameter(torch.zeros(()), requires_grad=learn_scale)
 
     def forward(self, z: Tensor) -> Tensor:

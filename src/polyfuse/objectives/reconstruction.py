@@ -108,7 +108,6 @@ class ReconstructionBase(nn.Module):
         audio_frames_: int | None,
         learn_scale: bool,
         image_likelihood: Literal["gaussian", "laplace"] = "gaussian",
-        private_dim: int = 0,
     ) -> None:
         from polyfuse.models.model import module_key
 
@@ -122,10 +121,9 @@ class ReconstructionBase(nn.Module):
         self.keys = {n: module_key(n) for n in self.inputs}
         self.latent_dim = latent_dim
         frames = audio_frames(context, audio_frames_)
-        decoder_dim = latent_dim + private_dim
         self.decoders = nn.ModuleDict(
             {
-                self.keys[n]: build_decoder(n, context, decoder_dim, frames, learn_scale, image_likelihood)
+                self.keys[n]: build_decoder(n, context, latent_dim, frames, learn_scale, image_likelihood)
                 for n in self.decoded
             }
         )
@@ -189,19 +187,8 @@ class ReconstructionBase(nn.Module):
         if target not in self.decoded:
             raise ValueError(f"{self.name} cannot generate '{target}'; it rebuilds {self.decoded}")
         z = self.latent(output, n, temperature, generator)
-        out: Tensor = self.decoder(target)(self.decoder_code(target, z, output, temperature, generator))
+        out: Tensor = self.decoder(target)(z)
         return out
-
-    def decoder_code(
-        self,
-        target: str,
-        z: Tensor,
-        output: ModelOutput | None,
-        temperature: float,
-        generator: torch.Generator | None,
-    ) -> Tensor:
-        """What `target`'s decoder reads to generate from the shared code z (B, Z): z itself here."""
-        return z
 
     def anomaly_rows(self, output: ModelOutput, batch: Batch) -> dict[str, Tensor]:
         """anomaly_score (B,) and anomaly (B,) bool (score over the calibrated threshold; False without one).

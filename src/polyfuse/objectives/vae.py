@@ -32,14 +32,6 @@ see `objectives.contrastive.Projection`), over the rows where both are present:
 (the −ELBO in nats per modelled value, as reported; InfoNCE in nats per row). alignment_weight 0 is the
 plain ELBO.
 
-Private codes (`private_dim` > 0, MMVAE+, Palumbo et al. 2023). A code inferred from the audio alone says
-which digit but not how it was written; a decoder that reads only that code must draw the average of the
-styles it could stand for, a blur. With private codes every decoded input m also has q(w_m | x_m), and its
-decoder reads [z, w_m]: w_m from its own posterior when the component's z was inferred from x_m, and from
-an auxiliary prior r(w_m) = N(0, σ_aux² I) when z came from other inputs, so what the inputs share must sit
-in z and the style in w_m. Each component adds the KL of the private codes it reads from its own inputs.
-Generating input m from the others draws w_m from the prior N(0, I): a crisp digit in some style.
-
 With `label_column` (`polyfuse init` sets it when the table has a classification label) rows sharing a
 label are positives too (supervised contrastive, as in the contrastive objective): the code is then
 organised by class, which is what lets one input's code generate the other input's view of the same
@@ -93,22 +85,15 @@ class VAEObjective(ReconstructionBase):
     alignment_weight:    weight of the InfoNCE between inputs' posterior means (0: the plain ELBO)
     alignment_temperature: that InfoNCE's temperature (cosine similarities are divided by it)
     label_column:        a classification target: rows sharing its label are alignment positives too
-    private_dim:         size of each decoded input's private code w_m (0: none; see the module docstring)
     fitted_prior_components: unconditional samples come from a diagonal Gaussian mixture of this many
                          components fitted to the validation rows' posterior means after training, not
                          from N(0, I) (0: N(0, I))
-    private_auxiliary_scale: σ of the auxiliary prior r(w_m) = N(0, σ² I) a decoder reads w_m from when the
-                         code came from other inputs
     """
 
     name: ClassVar[str] = "vae"
     needs_fusion: ClassVar[bool] = False
     capabilities: ClassVar[tuple[str, ...]] = ("generate", "anomaly")
     steps: Tensor  # () long buffer: training steps taken (drives the KL warm-up, saved with the model)
-    members: Tensor  # (K, I) bool: which inputs each joint component is inferred from (not saved)
-    private_dim: int
-    private_auxiliary_scale: float
-    private_posteriors: nn.ModuleDict  # q(w_m | x_m) heads, with private_dim > 0
     fitted_prior_components: int
     prior_weights: Tensor  # (K,) the fitted prior's mixture weights (NaN: not fitted)
     prior_means: Tensor  # (K, Z)
@@ -133,8 +118,6 @@ class VAEObjective(ReconstructionBase):
         alignment_weight: float = 1.0,
         alignment_temperature: float = 0.1,
         label_column: str | None = None,
-        private_dim: int = 0,
-        private_auxiliary_scale: float = 1.0,
         fitted_prior_components: int = 0,
     ) -> None:
         super().__init__()
@@ -150,10 +133,6 @@ class VAEObjective(ReconstructionBase):
             raise ValueError(f"vae: alignment_temperature must be > 0, got {alignment_temperature}")
         if fitted_prior_components < 0:
             raise ValueError(f"vae: fitted_prior_components must be >= 0, got {fitted_prior_components}")
-        if private_dim < 0:
-            raise ValueError(f"vae: private_dim must be >= 0, got {private_dim}")
-        if not private_auxiliary_scale > 0:
-            raise ValueError(f"vae: private_auxiliary_scale must be > 0, got {private_auxiliary_scale}")
         self._setup(
             context,
             inputs,
@@ -163,10 +142,7 @@ class VAEObjective(ReconstructionBase):
             audio_frames,
             True,
             image_likelihood,
-            private_dim,
         )
-        self.private_dim = private_dim
-        self.private_auxiliary_scale = private_auxiliary_scale
         self.alignment_weight = alignment_weight
         self.label_column = label_target("vae", context, label_column)
         if self.aligns:
@@ -178,20 +154,10 @@ class VAEObjective(ReconstructionBase):
         self.beta = beta
         self.kl_warmup_steps = kl_warmup_steps
         self.components = components(joint, len(self.inputs), unimodal_elbos)
-        # members[k, i]: whether component k's code was inferred from input i (K, I)
-        self.register_buffer(
-            "members",
-            torch.tensor([[i in subset for i in range(len(self.inputs))] for subset in self.components]),
-            persistent=False,
-        )
         self.sample_subsets = joint == "mopoe" if sample_subsets is None else sample_subsets
         self.posteriors = nn.ModuleDict(
             {self.keys[n]: nn.Linear(context.input_dims[n], 2 * latent_dim) for n in self.inputs}
         )
-        if private_dim:
-            self.private_posteriors = nn.ModuleDict(
-                {self.keys[n]: nn.Linear(context.input_dims[n], 2 * private_dim) for n in self.decoded}
-            )
         self.register_buffer("steps", torch.zeros((), dtype=torch.long))
         self.fitted_prior_components = fitted_prior_components
         if fitted_prior_components:
@@ -200,54 +166,13 @@ class VAEObjective(ReconstructionBase):
             self.register_buffer("prior_means", torch.zeros(fitted_prior_components, latent_dim))
             self.register_buffer("prior_logvars", torch.zeros(fitted_prior_components, latent_dim))
 
-    def posterior_features(self, output: ModelOutput, name: str) -> Tensor:
-        """What input `name`'s posteriors read: its pooled encoder output (B, D)."""
-        return output.features[name].pooled
-
     def experts(self, output: ModelOutput) -> list[Gaussian]:
         """q(z | x_m) per input, in `self.inputs` order (rows lacking it hold junk; masks say which)."""
         experts = []
         for n in self.inputs:
-            mean, logvar = self.posteriors[self.keys[n]](self.posterior_features(output, n)).chunk(2, dim=-1)
+            mean, logvar = self.posteriors[self.keys[n]](output.features[n].pooled).chunk(2, dim=-1)
             experts.append(Gaussian(mean, logvar.clamp(-MAX_LOGVAR, MAX_LOGVAR)))
         return experts
-
-    def privates(self, output: ModelOutput) -> dict[str, Gaussian]:
-        """q(w_m | x_m) per decoded input (empty without private codes; rows lacking it hold junk)."""
-        if not self.private_dim:
-            return {}
-        privates = {}
-        for n in self.decoded:
-            head = self.private_posteriors[self.keys[n]]
-            mean, logvar = head(self.posterior_features(output, n)).chunk(2, dim=-1)
-            privates[n] = Gaussian(mean, logvar.clamp(-MAX_LOGVAR, MAX_LOGVAR))
-        return privates
-
-    def _decoder_inputs(
-        self,
-        z: Tensor,
-        privates: dict[str, Gaussian],
-        own: dict[str, Tensor],
-        temperature: float,
-        generator: torch.Generator | None,
-        scale: float,
-    ) -> dict[str, Tensor]:
-        """Per decoded input, what its decoder reads: z (B, Z), or [z, w_m] (B, Z + W) with w_m drawn from
-        q(w_m | x_m) where own[m] (B,) is True and from N(0, (scale · temperature)² I) elsewhere."""
-        if not self.private_dim:
-            return {n: z for n in self.decoded}
-        inputs = {}
-        for n in self.decoded:
-            shape = (z.shape[0], self.private_dim)
-            other = scale * temperature * torch.randn(shape, generator=generator, device=z.device)
-            w = torch.where(own[n][:, None], privates[n].sample(temperature, generator), other)
-            inputs[n] = torch.cat([z, w], dim=-1)
-        return inputs
-
-    def _own(self, member: Tensor, present: dict[str, Tensor]) -> dict[str, Tensor]:
-        """Per decoded input (B,) bool: the row's code came from it (member (B, I) or (I,)) and it is there."""
-        member = member.expand(len(present[self.decoded[0]]), -1) if member.ndim == 1 else member
-        return {n: member[:, self.inputs.index(n)] & present[n] for n in self.decoded}
 
     def current_beta(self) -> float:
         if self.kl_warmup_steps == 0:
@@ -268,7 +193,6 @@ class VAEObjective(ReconstructionBase):
         had any valid component (B,) bool. With `sample_subsets` the NLL is that of one valid component
         per row, drawn uniformly (an unbiased estimate of the average)."""
         experts = experts if experts is not None else self.experts(output)
-        privates = self.privates(output)
         masks = [present[n] for n in self.inputs]
         parts = [subset_posterior(self.joint, experts, masks, subset) for subset in self.components]
         posteriors = [posterior for posterior, _ in parts]
@@ -276,42 +200,26 @@ class VAEObjective(ReconstructionBase):
         count = valid.sum(1).clamp(min=1).to(experts[0].mean.dtype)
         kls = torch.stack([p.kl_to_standard_normal() for p in posteriors], dim=1)  # (B, K)
         kl = torch.where(valid, kls, 0.0).sum(1) / count
-        if privates:
-            # each component adds the KL of the private codes it reads from its own inputs
-            share = (valid.to(count.dtype) @ self.members.to(count.dtype)) / count[:, None]  # (B, I)
-            for n, private in privates.items():
-                own_kl = torch.where(present[n], private.kl_to_standard_normal(), 0.0)
-                kl = kl + share[:, self.inputs.index(n)] * own_kl
-        scale = self.private_auxiliary_scale
         if sample_subsets:
-            choice = draw_components(valid, generator)
-            z = pick(posteriors, choice).sample(temperature, generator)
-            codes = self._decoder_inputs(
-                z, privates, self._own(self.members[choice], present), temperature, generator, scale
-            )
-            nll = self._weighted_nll(codes, batch, present)
+            chosen = pick(posteriors, draw_components(valid, generator))
+            nll = self._weighted_nll(chosen.sample(temperature, generator), batch, present)
         else:
-            nlls = []
-            for k, posterior in enumerate(posteriors):
-                z = posterior.sample(temperature, generator)
-                own = self._own(self.members[k], present)
-                nlls.append(
-                    self._weighted_nll(
-                        self._decoder_inputs(z, privates, own, temperature, generator, scale), batch, present
-                    )
-                )
-            nll = torch.where(valid, torch.stack(nlls, dim=1), 0.0).sum(1) / count  # (B, K) -> (B,)
+            nlls = torch.stack(
+                [self._weighted_nll(p.sample(temperature, generator), batch, present) for p in posteriors],
+                dim=1,
+            )  # (B, K)
+            nll = torch.where(valid, nlls, 0.0).sum(1) / count
         return nll, kl, valid.any(1)
 
-    def _weighted_nll(self, codes: dict[str, Tensor], batch: Batch, present: dict[str, Tensor]) -> Tensor:
-        """Σ_m λ_m · −log p(x_m | code_m) over the decoded inputs (B,)."""
-        return self.weighted({n: self._nll(n, codes[n], batch, present) for n in self.decoded})
+    def _weighted_nll(self, z: Tensor, batch: Batch, present: dict[str, Tensor]) -> Tensor:
+        """Σ_m λ_m · −log p(x_m | z) over the decoded inputs (B,)."""
+        return self.weighted({n: self._nll(n, z, batch, present) for n in self.decoded})
 
-    def _nll(self, name: str, code: Tensor, batch: Batch, present: dict[str, Tensor]) -> Tensor:
+    def _nll(self, name: str, z: Tensor, batch: Batch, present: dict[str, Tensor]) -> Tensor:
         values = batch.inputs[name]
         if not bool(present[name].any()):
-            return code.sum(-1) * 0.0
-        nll = self.decoder(name).nll(self.decoder(name)(code), values)
+            return z.sum(-1) * 0.0
+        nll = self.decoder(name).nll(self.decoder(name)(z), values)
         return torch.where(present[name], nll, 0.0)
 
     @property
@@ -400,30 +308,7 @@ class VAEObjective(ReconstructionBase):
         """From the joint posterior's mean (a mixture: its valid components' means, averaged)."""
         parts, weights = joint_posterior(self.joint, self.experts(output), [present[n] for n in self.inputs])
         z = (torch.stack([p.mean for p in parts], 1) * weights[..., None]).sum(1)  # (B, Z)
-        own = {n: present[n] for n in self.decoded}
-        codes = self._decoder_inputs(z, self.privates(output), own, 0.0, None, 1.0)
-        return {n: self.decoder(n)(codes[n]) for n in self.decoded}
-
-    def decoder_code(
-        self,
-        target: str,
-        z: Tensor,
-        output: ModelOutput | None,
-        temperature: float,
-        generator: torch.Generator | None,
-    ) -> Tensor:
-        """[z, w] with the target's private code from its own posterior in rows that have it, else from
-        the prior N(0, I) (at `temperature`); z alone without private codes."""
-        if not self.private_dim:
-            return z
-        if output is None:
-            own = {n: torch.zeros(z.shape[0], dtype=torch.bool, device=z.device) for n in self.decoded}
-            privates: dict[str, Gaussian] = {
-                n: Gaussian(z.new_zeros(1), z.new_zeros(1)) for n in self.decoded
-            }
-        else:
-            own, privates = {n: output.present[n] for n in self.decoded}, self.privates(output)
-        return self._decoder_inputs(z, privates, own, temperature, generator, 1.0)[target]
+        return {n: self.decoder(n)(z) for n in self.decoded}
 
     def latent(
         self, output: ModelOutput | None, n: int, temperature: float, generator: torch.Generator | None
