@@ -11,7 +11,8 @@ av-digits preset, unless said):
             test on (tested on AV-Digits' test images): they judge generated images and sounds.
   vae       `init --objective vae` with joint poe / moe / mopoe, side by side; on the test split:
             audio→image and image→audio coherence (the judge recognises the row's digit in what was
-            generated from the other input), joint coherence of unconditional samples (both judges agree),
+            generated from the other input), joint coherence of unconditional samples (both judges agree;
+            from the prior fitted to the validation codes, and from N(0, I) for comparison),
             Fréchet distance in each judge's feature space (no Inception weights offline), reconstruction
             errors, and the anomaly score's ROC-AUC for three kinds of out-of-distribution rows: AV-Digits-N
             rows (noisy image and audio) under the clean-trained model, rows whose audio says another digit
@@ -228,6 +229,17 @@ def bench_vae(
     out["joint_coherence"] = round(joint_rate, 4)
     tolerant_rate, _ = joint_coherence(model, {**judge, "image": tolerant}, samples)
     out["joint_coherence_blur_tolerant_judge"] = round(tolerant_rate, 4)
+    objective = model.model.objective("vae")
+    if objective.prior_fitted:  # the same model with unconditional draws from N(0, I) instead
+        fitted = objective.prior_weights.clone()
+        objective.prior_weights.fill_(float("nan"))
+        standard, standard_prior = joint_coherence(model, judge, samples)
+        objective.prior_weights.copy_(fitted)
+        out["joint_coherence_standard_normal_prior"] = round(standard, 4)
+        SAMPLES.mkdir(parents=True, exist_ok=True)
+        image_grid(standard_prior["image"][:64], columns=8, scale=2).save(
+            SAMPLES / f"{joint}{tag}_unconditional_standard_normal_prior.png"
+        )
 
     real_images = judge_features(judge["image"], "image", test["image"].tolist(), base)
     fake_images = judge_features(
@@ -297,7 +309,7 @@ def write(results: dict[str, Any]) -> None:
     ]
     lines.append(
         "| joint | epochs | audio→image (sampled / posterior mean) | same, blur-tolerant image judge | "
-        "image→audio | joint coherence (blur-tolerant image judge) | ROC-AUC noisy | ROC-AUC mismatched | "
+        "image→audio | joint coherence (blur-tolerant image judge) [N(0, I) prior] | ROC-AUC noisy | ROC-AUC mismatched | "
         "ROC-AUC non-MNIST | train s |"
     )
     lines.append("|---|---|---|---|---|---|---|---|---|---|")
@@ -313,7 +325,8 @@ def write(results: dict[str, Any]) -> None:
             f"| {joint} | {r.get('epochs', '')} | {r['coherence_audio_to_image']} / "
             f"{r.get('coherence_audio_to_image_at_posterior_mean', '-')} | {tolerant} | "
             f"{r['coherence_image_to_audio']} | {r['joint_coherence']} "
-            f"({r.get('joint_coherence_blur_tolerant_judge', '-')}) | "
+            f"({r.get('joint_coherence_blur_tolerant_judge', '-')}) "
+            f"[{r.get('joint_coherence_standard_normal_prior', '-')}] | "
             f"{auc['av_digits_n']} | {auc['audio_of_another_digit']} | {auc['non_mnist_images']} | "
             f"{r['train_seconds']} |"
         )
