@@ -79,8 +79,9 @@ class ImageDecoder(nn.Module):
 
     `likelihood`: "gaussian" fits the mean of the images a code could stand for, "laplace" their per-pixel
     median. A code that says which digit but not its style (one generated from the audio alone) decodes to
-    a blurred average of that digit's styles under a Gaussian and to a crisp stroke under a Laplace, whose
-    median pixel is black or white: MMVAE's choice for images."""
+    a blurred average of that digit's styles under a Gaussian, and to their per-pixel median under a
+    Laplace (MMVAE's choice for images): sharper strokes, though grey where the styles disagree. On
+    AV-Digits a classifier of sharp digits recognised 0.10 of the former and 0.63-0.74 of the latter."""
 
     lo: Tensor  # (C, 1, 1) the normalised value of pixel 0
     hi: Tensor  # (C, 1, 1) the normalised value of pixel 255
