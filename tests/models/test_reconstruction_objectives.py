@@ -376,3 +376,78 @@ def test_a_fitted_prior_is_fitted_on_validation_codes_and_draws_unconditional_sa
     assert {"prior_weights", "prior_means", "prior_logvars"} <= {
         k.split(".")[-1] for k in objective.state_dict()
     }
+
+
+@pytest.fixture(scope="module")
+def crossing_vae(
+    synthetic_table: Path, small_config: Any, tmp_path_factory: pytest.TempPathFactory
+) -> tuple[MultimodalModel, Any, Any]:
+    options = {"cross_prior_components": 3, "latent_dim": 4}
+    return _model(synthetic_table, small_config, tmp_path_factory.mktemp("crossing"), "vae", options)
+
+
+def test_cross_priors_learn_from_detached_codes_and_stay_out_of_the_validation_loss(
+    crossing_vae: tuple[MultimodalModel, Any, Any],
+) -> None:
+    model, batch, _ = crossing_vae
+    objective: Any = model.objective("vae")
+    assert set(objective.cross_priors) == {objective.keys[n] for n in objective.decoded}
+    model.train()
+    output = model(batch)
+    cross = objective.cross_prior_loss(objective.experts(output), output.present)
+    assert torch.isfinite(cross) and cross.requires_grad
+    cross.backward()
+    grads = {name: p.grad for name, p in model.named_parameters()}
+    assert all(  # only the cross priors learn from it: their inputs and targets are detached
+        g is None or g.abs().sum() == 0 for name, g in grads.items() if ".cross_priors." not in name
+    )
+    assert grads["objectives.vae.cross_priors.image.net.0.weight"].abs().sum() > 0  # type: ignore[union-attr]
+    model.zero_grad()
+    torch.manual_seed(0)
+    losses = model.losses(model(batch), batch)
+    assert "vae_cross_prior" in losses
+    model.eval()
+    with torch.no_grad():  # the same draws (mopoe picks one subset per row) with and without
+        torch.manual_seed(1)
+        validation = objective.losses(model(batch), batch)
+        saved = objective.cross_priors
+        objective.cross_priors = torch.nn.ModuleDict()
+        torch.manual_seed(1)
+        without = objective.losses(model(batch), batch)
+        objective.cross_priors = saved
+    assert validation["loss"].item() == pytest.approx(without["loss"].item())  # picks the epoch as before
+    assert validation["vae_cross_prior"].item() != 0
+
+
+def test_a_missing_target_is_drawn_from_its_cross_prior_and_a_present_one_from_the_posterior(
+    crossing_vae: tuple[MultimodalModel, Any, Any],
+) -> None:
+    model, batch, _ = crossing_vae
+    objective: Any = model.objective("vae")
+    prior = objective.cross_priors["image"]
+    last = prior.net[-1]
+    with torch.no_grad():  # every source gives one component of mean (1, 2, 3, 4)
+        last.weight.zero_()
+        last.bias.zero_()
+        last.bias[:3].copy_(torch.tensor([10.0, 0.0, 0.0]))
+        last.bias[3:7].copy_(torch.tensor([1.0, 2.0, 3.0, 4.0]))
+    model.eval()
+
+    def seeded() -> torch.Generator:
+        return torch.Generator().manual_seed(0)
+
+    with torch.no_grad():
+        output = model(batch)
+        half = torch.arange(len(output.present["image"])) % 2 == 0
+        output = output.with_present({**output.present, "image": output.present["image"] & half})
+        own = objective.latent(output, 1, 0.0, seeded())  # the rows' joint posterior codes
+        for_image = objective.latent(output, 1, 0.0, seeded(), "image")
+        alone = {n: torch.zeros_like(v) for n, v in output.present.items()}
+        nothing = objective.latent(output.with_present(alone), 1, 0.0, seeded(), "image")
+    image = output.present["image"]
+    others = torch.stack([output.present[n] for n in objective.inputs if n != "image"], 1).any(1)
+    assert bool(image.any()) and bool((~image & others).any())  # the batch has rows of both kinds
+    assert torch.equal(for_image[image], own[image])  # the image is there: the rows' own code
+    fixed = torch.tensor([1.0, 2.0, 3.0, 4.0])
+    assert torch.allclose(for_image[~image & others], fixed.expand(int((~image & others).sum()), 4))
+    assert torch.allclose(nothing, torch.zeros_like(nothing))  # no source at all: the prior's mean

@@ -44,6 +44,8 @@ def vae_run(
     # a sharper image likelihood, and unconditional samples from where the codes are (see init_config)
     assert raw["objectives"][0]["options"]["image_likelihood"] == "laplace"
     assert raw["objectives"][0]["options"]["fitted_prior_components"] == 10
+    # an image generated from a clip gets its code from a learned prior of image codes given the clip's
+    assert raw["objectives"][0]["options"]["cross_prior_components"] == 10
     raw["encoders"] = {n: small_encoders[n].model_dump() for n in raw["encoders"]}
     raw["training"].update(epochs=2, batch_size=16, early_stopping_patience=None)
     # two inputs keep it quick (anomaly scores average the ELBO over every non-empty subset: 3 of 2 inputs)
@@ -78,6 +80,15 @@ def test_vae_model_generates_scores_and_flags(
     objective = predictor.model.objective("vae")
     assert objective.prior_fitted and objective.decoder("image").likelihood == "laplace"
     assert float(objective.prior_weights.sum()) == pytest.approx(1.0, abs=1e-5)
+    # the cross priors were trained and saved: an image from the clip alone is drawn from the image's
+    # cross prior, not decoded from the clip's own posterior
+    assert set(objective.cross_priors) == {"audio", "image"}
+    from_clip = predictor.generate(rows, "image", from_inputs=["audio"], base_dir=synthetic_table.parent)
+    saved = objective.cross_priors
+    objective.cross_priors = type(saved)()
+    own = predictor.generate(rows, "image", from_inputs=["audio"], base_dir=synthetic_table.parent)
+    objective.cross_priors = saved
+    assert not np.array_equal(np.asarray(from_clip[0]), np.asarray(own[0]))
 
     flagged = predictor.predict(frame, base_dir=synthetic_table.parent)
     assert list(flagged.columns) == ["anomaly_score", "anomaly"]

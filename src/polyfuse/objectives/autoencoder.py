@@ -87,7 +87,12 @@ class AutoencoderObjective(ReconstructionBase):
         return {n: self.decoder(n)(z) for n in self.decoded}
 
     def latent(
-        self, output: ModelOutput | None, n: int, temperature: float, generator: torch.Generator | None
+        self,
+        output: ModelOutput | None,
+        n: int,
+        temperature: float,
+        generator: torch.Generator | None,
+        target: str | None = None,
     ) -> Tensor:
         if output is None:
             raise ValueError(

@@ -165,9 +165,15 @@ class ReconstructionBase(nn.Module):
         raise NotImplementedError
 
     def latent(
-        self, output: ModelOutput | None, n: int, temperature: float, generator: torch.Generator | None
+        self,
+        output: ModelOutput | None,
+        n: int,
+        temperature: float,
+        generator: torch.Generator | None,
+        target: str | None = None,
     ) -> Tensor:
-        """(B, Z) codes to generate from: the rows' present inputs, or n draws from the prior (output None)."""
+        """(B, Z) codes to generate `target` from: the rows' present inputs, or n draws from the prior
+        (output None)."""
         raise NotImplementedError
 
     # --- shared ----------------------------------------------------------------------------------------
@@ -186,7 +192,7 @@ class ReconstructionBase(nn.Module):
         """Raw decoder output for `target` (see `models.decoders`) from the rows' inputs or the prior."""
         if target not in self.decoded:
             raise ValueError(f"{self.name} cannot generate '{target}'; it rebuilds {self.decoded}")
-        z = self.latent(output, n, temperature, generator)
+        z = self.latent(output, n, temperature, generator, target)
         out: Tensor = self.decoder(target)(z)
         return out
 

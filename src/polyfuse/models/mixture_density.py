@@ -1,0 +1,63 @@
+"""A mixture density network (Bishop 1994): a conditional distribution p(y | x) as a diagonal Gaussian
+mixture whose weights, means and log-variances an MLP predicts from x.
+
+The VAE uses one per generated input as a learned cross-modal prior: p(z_target | the other inputs' codes),
+fitted to the target's own posterior codes, as unCLIP's prior maps a caption's embedding to an image
+embedding. A code drawn from it is one of the target's codes (one style of the digit), where the other
+inputs' own posterior only says the class and decodes to an average of the styles.
+"""
+
+from __future__ import annotations
+
+import math
+
+import torch
+from torch import Tensor, nn
+
+MAX_LOGVAR = 8.0  # log-variances are clamped to ±this: exp() stays finite early in training
+
+
+class MixtureDensity(nn.Module):
+    """p(y | x) = Σ_k π_k(x) N(y; μ_k(x), diag σ_k²(x)), with x (B, in_dim) and y (B, out_dim)."""
+
+    def __init__(self, in_dim: int, out_dim: int, components: int, hidden_dim: int = 256) -> None:
+        super().__init__()
+        if components < 1:
+            raise ValueError(f"a mixture density needs >= 1 component, got {components}")
+        self.components, self.out_dim = components, out_dim
+        self.net = nn.Sequential(
+            nn.Linear(in_dim, hidden_dim),
+            nn.GELU(),
+            nn.Linear(hidden_dim, hidden_dim),
+            nn.GELU(),
+            nn.Linear(hidden_dim, components * (1 + 2 * out_dim)),
+        )
+
+    def forward(self, x: Tensor) -> tuple[Tensor, Tensor, Tensor]:
+        """log-weights (B, K) (normalised), means (B, K, D), log-variances (B, K, D)."""
+        out = self.net(x)
+        k, d = self.components, self.out_dim
+        log_weights = torch.log_softmax(out[:, :k], dim=-1)
+        means, logvars = out[:, k:].view(-1, k, 2 * d).split(d, dim=-1)
+        return log_weights, means, logvars.clamp(-MAX_LOGVAR, MAX_LOGVAR)
+
+    def log_prob(self, x: Tensor, y: Tensor) -> Tensor:
+        """log p(y | x) per row (B,)."""
+        log_weights, means, logvars = self.forward(x)
+        per_component = -0.5 * (
+            (y[:, None] - means).square() * torch.exp(-logvars) + logvars + math.log(2 * math.pi)
+        ).sum(-1)  # (B, K)
+        return torch.logsumexp(log_weights + per_component, dim=-1)
+
+    def sample(self, x: Tensor, temperature: float = 1.0, generator: torch.Generator | None = None) -> Tensor:
+        """One draw per row (B, D): a component by its weight, then its mean + temperature · σ · ε
+        (temperature 0: the drawn component's mean)."""
+        log_weights, means, logvars = self.forward(x)
+        weights = log_weights.exp().float().cpu()  # multinomial draws with the CPU generator
+        chosen = torch.multinomial(weights, 1, generator=generator).squeeze(1).to(x.device)
+        rows = torch.arange(len(chosen), device=x.device)
+        mean, logvar = means[rows, chosen], logvars[rows, chosen]
+        if temperature == 0.0:
+            return mean
+        noise = torch.randn(mean.shape, generator=generator).to(mean.device, mean.dtype)
+        return mean + temperature * torch.exp(0.5 * logvar) * noise
