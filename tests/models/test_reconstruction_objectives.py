@@ -382,7 +382,7 @@ def test_a_fitted_prior_is_fitted_on_validation_codes_and_draws_unconditional_sa
 def crossing_vae(
     synthetic_table: Path, small_config: Any, tmp_path_factory: pytest.TempPathFactory
 ) -> tuple[MultimodalModel, Any, Any]:
-    options = {"cross_prior_components": 3, "latent_dim": 4}
+    options = {"cross_prior_components": 3, "cross_prior_inputs": None, "latent_dim": 4}  # every input
     return _model(synthetic_table, small_config, tmp_path_factory.mktemp("crossing"), "vae", options)
 
 
@@ -451,3 +451,30 @@ def test_a_missing_target_is_drawn_from_its_cross_prior_and_a_present_one_from_t
     fixed = torch.tensor([1.0, 2.0, 3.0, 4.0])
     assert torch.allclose(for_image[~image & others], fixed.expand(int((~image & others).sum()), 4))
     assert torch.allclose(nothing, torch.zeros_like(nothing))  # no source at all: the prior's mean
+
+
+def test_cross_priors_only_for_the_chosen_rebuilt_inputs(
+    synthetic_table: Path, small_config: Any, tmp_path: Path
+) -> None:
+    options = {"cross_prior_components": 2, "cross_prior_inputs": ["image"], "latent_dim": 4}
+    model, batch, _ = _model(synthetic_table, small_config, tmp_path, "vae", options)
+    objective: Any = model.objective("vae")
+    assert list(objective.cross_priors) == ["image"]
+    model.eval()
+    generator = torch.Generator().manual_seed(0)
+    with torch.no_grad():
+        output = model(batch)
+        no_audio = output.with_present({**output.present, "audio": torch.zeros_like(output.present["audio"])})
+        # audio has no cross prior: its code is the other inputs' posterior, as without any
+        assert torch.equal(
+            objective.latent(no_audio, 1, 0.0, generator.manual_seed(3), "audio"),
+            objective.latent(no_audio, 1, 0.0, generator.manual_seed(3)),
+        )
+    with pytest.raises(ValueError, match=r"cross_prior_inputs \['text'\] are not inputs this model rebuilds"):
+        _model(
+            synthetic_table,
+            small_config,
+            tmp_path,
+            "vae",
+            {"cross_prior_components": 2, "cross_prior_inputs": ["text"]},
+        )

@@ -46,6 +46,7 @@ def vae_run(
     assert raw["objectives"][0]["options"]["fitted_prior_components"] == 10
     # an image generated from a clip gets its code from a learned prior of image codes given the clip's
     assert raw["objectives"][0]["options"]["cross_prior_components"] == 10
+    assert raw["objectives"][0]["options"]["cross_prior_inputs"] == ["image"]  # sound: from the posterior
     raw["encoders"] = {n: small_encoders[n].model_dump() for n in raw["encoders"]}
     raw["training"].update(epochs=2, batch_size=16, early_stopping_patience=None)
     # two inputs keep it quick (anomaly scores average the ELBO over every non-empty subset: 3 of 2 inputs)
@@ -82,7 +83,7 @@ def test_vae_model_generates_scores_and_flags(
     assert float(objective.prior_weights.sum()) == pytest.approx(1.0, abs=1e-5)
     # the cross priors were trained and saved: an image from the clip alone is drawn from the image's
     # cross prior, not decoded from the clip's own posterior
-    assert set(objective.cross_priors) == {"audio", "image"}
+    assert set(objective.cross_priors) == {"image"}
     from_clip = predictor.generate(rows, "image", from_inputs=["audio"], base_dir=synthetic_table.parent)
     saved = objective.cross_priors
     objective.cross_priors = type(saved)()

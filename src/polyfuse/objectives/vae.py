@@ -102,6 +102,7 @@ class VAEObjective(ReconstructionBase):
     cross_prior_components: generating an input from the others draws its code from a learned prior of
                          this many components, p(z_target | the other inputs' codes), not from the others'
                          posterior (0: from their posterior; see "Cross-modal priors" above)
+    cross_prior_inputs:  the generated inputs that get a cross prior (default: every rebuilt input)
     """
 
     name: ClassVar[str] = "vae"
@@ -134,6 +135,7 @@ class VAEObjective(ReconstructionBase):
         label_column: str | None = None,
         fitted_prior_components: int = 0,
         cross_prior_components: int = 0,
+        cross_prior_inputs: list[str] | None = None,
     ) -> None:
         super().__init__()
         if joint not in ("poe", "moe", "mopoe"):
@@ -183,12 +185,22 @@ class VAEObjective(ReconstructionBase):
             self.register_buffer("prior_means", torch.zeros(fitted_prior_components, latent_dim))
             self.register_buffer("prior_logvars", torch.zeros(fitted_prior_components, latent_dim))
         # one learned prior per generated input, from the codes of every other input (and which are there)
+        targets = self.decoded if cross_prior_inputs is None else cross_prior_inputs
+        unknown = [n for n in targets if n not in self.decoded]
+        if unknown:
+            raise ValueError(
+                f"vae: cross_prior_inputs {unknown} are not inputs this model rebuilds; those are {self.decoded}"
+            )
+        self.cross_prior_targets = (
+            [n for n in self.decoded if n in targets]
+            if cross_prior_components and len(self.inputs) > 1
+            else []
+        )
         sources = (len(self.inputs) - 1) * (latent_dim + 1)
         self.cross_priors = nn.ModuleDict(
             {
                 self.keys[n]: MixtureDensity(sources, latent_dim, cross_prior_components)
-                for n in self.decoded
-                if cross_prior_components and len(self.inputs) > 1
+                for n in self.cross_prior_targets
             }
         )
 
@@ -302,7 +314,7 @@ class VAEObjective(ReconstructionBase):
         other present input is kept with probability ½ (at least one), so the prior serves any subset."""
         masks = [present[n] for n in self.inputs]
         terms = []
-        for target in self.decoded:
+        for target in self.cross_prior_targets:
             position = self.inputs.index(target)
             others = [present[n] for n in self.inputs if n != target]
             rows = present[target] & torch.stack(others, 1).any(1)  # (B,)
@@ -404,7 +416,7 @@ class VAEObjective(ReconstructionBase):
         experts = self.experts(output)
         parts, weights = joint_posterior(self.joint, experts, [output.present[m] for m in self.inputs])
         z = sample_mixture(parts, weights, temperature, generator)
-        if target is None or target not in self.decoded or not self.cross_priors:
+        if target not in self.cross_prior_targets or not self.cross_priors:
             return z
         # rows without the target but with another input: the target's code from its cross prior
         others = torch.stack([output.present[m] for m in self.inputs if m != target], 1).any(1)
