@@ -308,10 +308,11 @@ class VAEObjective(ReconstructionBase):
 
     def cross_prior_loss(self, experts: list[Gaussian], present: dict[str, Tensor]) -> Tensor:
         """Mean over the generated inputs of −log p(z_target | sources) per latent dimension, over the rows
-        with the target and another input (a scalar; 0 in the graph without such rows). z_target is a draw
-        from the target's own posterior (for poe: with the prior expert, what its unimodal ELBO decodes),
-        so the prior learns the spread of the target's codes, not only their centres. In training each
-        other present input is kept with probability ½ (at least one), so the prior serves any subset."""
+        with the target and another input (a scalar; 0 in the graph without such rows). z_target is the
+        mean of the target's own posterior (for poe: with the prior expert, what its unimodal ELBO
+        decodes): the code the decoder rebuilds the row's input from most sharply, so a draw from the
+        prior is a code of one plausible input, not a noisy one. In training each other present input is
+        kept with probability ½ (at least one), so the prior serves any subset of them."""
         masks = [present[n] for n in self.inputs]
         terms = []
         for target in self.cross_prior_targets:
@@ -324,7 +325,7 @@ class VAEObjective(ReconstructionBase):
                 none = ~torch.stack([kept[n] for n in self.inputs if n != target], 1).any(1)
                 keep = {n: torch.where(none, present[n], kept[n]) for n in keep}
             code, _ = subset_posterior(self.joint, experts, masks, (position,))
-            z = code.sample(1.0).detach()
+            z = code.mean.detach()
             log_prob = self.cross_prior(target).log_prob(self._cross_prior_sources(experts, keep, target), z)
             count = rows.sum().clamp(min=1).to(z.dtype)
             terms.append(-torch.where(rows, log_prob, 0.0).sum() / count / self.latent_dim)
