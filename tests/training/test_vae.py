@@ -37,6 +37,7 @@ def vae_run(
     assert [o["name"] for o in raw["objectives"]] == ["vae"]
     # three times a classifier's epochs, and the config says why
     assert raw["training"]["epochs"] == 60
+    assert raw["training"]["early_stopping_patience"] == 15  # plateaus last longer too
     assert "# polyfuse init chose 60 epochs: a vae" in config_path.read_text()
     assert raw["objectives"][0]["options"]["audio_frames"] > 1  # sized from the table's clips
     # the table's label makes same-class rows alignment positives (the model still trains no head)
