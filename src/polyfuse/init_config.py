@@ -157,7 +157,7 @@ def generative_options(name: str, table: Table, schema: TableSchema, config: Run
     if name == "vae":
         steps_per_epoch = max(1, math.ceil(0.8 * len(table) / config.training.batch_size))
         options["kl_warmup_steps"] = max(1, round(0.25 * config.training.epochs * steps_per_epoch))
-        images = list(schema.columns_of(Modality.IMAGE))
+        images = schema.columns_of(Modality.IMAGE)
         if images:
             options["image_likelihood"] = "laplace"
             options["cross_prior_components"] = VAE_CROSS_PRIOR_COMPONENTS

@@ -403,14 +403,21 @@ def test_cross_priors_learn_from_detached_codes_and_stay_out_of_the_validation_l
     )
     assert grads["objectives.vae.cross_priors.image.net.0.weight"].abs().sum() > 0  # type: ignore[union-attr]
     model.zero_grad()
-    torch.manual_seed(0)
-    losses = model.losses(model(batch), batch)
-    assert "vae_cross_prior" in losses
+    saved = objective.cross_priors
+    with torch.no_grad():  # training: the term is added to the loss (same draws with and without it)
+        output = model(batch)
+        torch.manual_seed(0)
+        trained = objective.losses(output, batch)
+        objective.cross_priors = torch.nn.ModuleDict()
+        torch.manual_seed(0)
+        plain = objective.losses(output, batch)
+        objective.cross_priors = saved
+    assert "vae_cross_prior" not in plain
+    assert trained["loss"].item() == pytest.approx(plain["loss"].item() + trained["vae_cross_prior"].item())
     model.eval()
     with torch.no_grad():  # the same draws (mopoe picks one subset per row) with and without
         torch.manual_seed(1)
         validation = objective.losses(model(batch), batch)
-        saved = objective.cross_priors
         objective.cross_priors = torch.nn.ModuleDict()
         torch.manual_seed(1)
         without = objective.losses(model(batch), batch)

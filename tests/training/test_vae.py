@@ -82,8 +82,8 @@ def test_vae_model_generates_scores_and_flags(
     objective = predictor.model.objective("vae")
     assert objective.prior_fitted and objective.decoder("image").likelihood == "laplace"
     assert float(objective.prior_weights.sum()) == pytest.approx(1.0, abs=1e-5)
-    # the cross priors were trained and saved: an image from the clip alone is drawn from the image's
-    # cross prior, not decoded from the clip's own posterior
+    # the image's cross prior came back from the model directory: an image from the clip alone is drawn
+    # from it, not decoded from the clip's own posterior
     assert set(objective.cross_priors) == {"image"}
     from_clip = predictor.generate(rows, "image", from_inputs=["audio"], base_dir=synthetic_table.parent)
     saved = objective.cross_priors

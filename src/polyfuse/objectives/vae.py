@@ -192,17 +192,14 @@ class VAEObjective(ReconstructionBase):
             raise ValueError(
                 f"vae: cross_prior_inputs {unknown} are not inputs this model rebuilds; those are {self.decoded}"
             )
-        self.cross_prior_targets = (
+        chosen = (
             [n for n in self.decoded if n in targets]
             if cross_prior_components and len(self.inputs) > 1
             else []
         )
         sources = (len(self.inputs) - 1) * (latent_dim + 1)
         self.cross_priors = nn.ModuleDict(
-            {
-                self.keys[n]: MixtureDensity(sources, latent_dim, cross_prior_components)
-                for n in self.cross_prior_targets
-            }
+            {self.keys[n]: MixtureDensity(sources, latent_dim, cross_prior_components) for n in chosen}
         )
 
     def experts(self, output: ModelOutput) -> list[Gaussian]:
@@ -290,6 +287,11 @@ class VAEObjective(ReconstructionBase):
             for i, j in combinations(range(len(self.inputs)), 2)
         ]
         return torch.stack(terms).mean()
+
+    @property
+    def cross_prior_targets(self) -> list[str]:
+        """The rebuilt inputs with a cross prior, in `self.decoded` order."""
+        return [n for n in self.decoded if self.keys[n] in self.cross_priors]
 
     def cross_prior(self, target: str) -> MixtureDensity:
         """p(z | the other inputs' codes) of a generated input."""
@@ -418,14 +420,14 @@ class VAEObjective(ReconstructionBase):
         experts = self.experts(output)
         parts, weights = joint_posterior(self.joint, experts, [output.present[m] for m in self.inputs])
         z = sample_mixture(parts, weights, temperature, generator)
-        if target not in self.cross_prior_targets or not self.cross_priors:
+        if target not in self.cross_prior_targets:
             return z
         # rows without the target but with another input: the target's code from its cross prior
         others = torch.stack([output.present[m] for m in self.inputs if m != target], 1).any(1)
         crossing = others & ~output.present[target]  # (B,)
         if not bool(crossing.any()):
             return z
-        sources = self._cross_prior_sources(experts, dict(output.present), target)
+        sources = self._cross_prior_sources(experts, output.present, target)
         drawn = self.cross_prior(target).sample(sources, temperature, generator)
         return torch.where(crossing[:, None], drawn, z)
 
