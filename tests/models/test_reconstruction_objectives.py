@@ -485,3 +485,44 @@ def test_cross_priors_only_for_the_chosen_rebuilt_inputs(
             "vae",
             {"cross_prior_components": 2, "cross_prior_inputs": ["text"]},
         )
+
+
+def test_fit_to_trained_fits_only_the_cross_priors_to_the_trained_codes(
+    synthetic_table: Path, small_config: Any, tmp_path: Path
+) -> None:
+    options = {"cross_prior_components": 2, "cross_prior_inputs": ["image"], "latent_dim": 4}
+    model, batch, _ = _model(synthetic_table, small_config, tmp_path, "vae", options)
+    objective: Any = model.objective("vae")
+    assert objective.needs_fit_to_trained and objective.cross_prior_refit_epochs == 200
+    model.eval()
+    with torch.inference_mode():  # as `fit_objectives_to_trained` collects them
+        rows = objective.trained_fit_rows(model(batch), batch)
+    assert set(rows) == {f"{kind}:{n}" for kind in ("mean", "present") for n in objective.inputs} | {
+        "code:image"
+    }
+    sources = objective._cross_prior_sources(
+        [rows[f"mean:{n}"] for n in objective.inputs],
+        {n: rows[f"present:{n}"] for n in objective.inputs},
+        "image",
+    )
+    usable = objective._cross_prior_rows({n: rows[f"present:{n}"] for n in objective.inputs}, "image")
+    assert int(usable.sum()) >= 6
+
+    def nll() -> float:
+        with torch.no_grad():
+            return -objective.cross_prior("image").log_prob(sources, rows["code:image"])[usable].mean().item()
+
+    others = {k: v.clone() for k, v in model.state_dict().items() if ".cross_priors." not in k}
+    before = nll()
+    objective.cross_prior_refit_epochs = 100
+    objective.fit_to_trained(rows)
+    assert nll() < before - 1.0  # it fitted the codes it was given
+    after = model.state_dict()
+    changed = [
+        k for k, v in others.items() if not torch.allclose(v, after[k], rtol=0, atol=0, equal_nan=True)
+    ]
+    assert changed == []  # and nothing else
+    objective.cross_prior_refit_epochs = 0
+    assert not objective.needs_fit_to_trained
+    with pytest.raises(ValueError, match="cross_prior_refit_epochs must be >= 0"):
+        _model(synthetic_table, small_config, tmp_path, "vae", {**options, "cross_prior_refit_epochs": -1})

@@ -56,6 +56,8 @@ def vae_run(
     config_path.write_text(yaml.safe_dump(raw, sort_keys=False))
     result = runner.invoke(app, ["train", str(config_path), "-o", str(work / "run")])
     assert result.exit_code == 0, result.output
+    # after training, the image's cross prior was fitted to the trained model's codes
+    assert "fitted to the trained model's outputs on the training split: vae" in result.output
     return work / "run"
 
 

@@ -58,21 +58,50 @@ def score_objectives(model: MultimodalModel, batches: Iterable[Batch]) -> dict[s
 def calibrate_objectives(model: MultimodalModel, batches: Iterable[Batch]) -> list[str]:
     """Give every objective that has a `calibrate(rows)` hook its `eval_rows` on `batches` (the
     validation split): e.g. an anomaly threshold at a chosen false-alarm rate. Returns their names."""
-    # an optional hook, so not on the Objective protocol: look it up on each objective
+    return _run_row_hooks(model, batches, "eval_rows", "calibrate", lambda objective: True)
+
+
+def fit_objectives_to_trained(model: MultimodalModel, batches: Iterable[Batch]) -> list[str]:
+    """Give every objective that has a `fit_to_trained(rows)` hook its `trained_fit_rows` on `batches`
+    (the training split, read without augmentation): parts fitted to the trained model's outputs once
+    they no longer move, e.g. a vae's cross priors. An objective whose `needs_fit_to_trained` is False is
+    skipped (with none left, `batches` is not read). Returns their names."""
+    return _run_row_hooks(
+        model,
+        batches,
+        "trained_fit_rows",
+        "fit_to_trained",
+        lambda objective: bool(getattr(objective, "needs_fit_to_trained", True)),
+    )
+
+
+def _run_row_hooks(
+    model: MultimodalModel,
+    batches: Iterable[Batch],
+    rows_method: str,
+    hook_method: str,
+    wanted: Callable[[Any], bool],
+) -> list[str]:
+    """One pass over `batches` collecting each hooked objective's `rows_method(output, batch)`, then its
+    `hook_method(rows)`. Both are optional, so not on the Objective protocol: looked up on each."""
     hooks: dict[str, Callable[[dict[str, Tensor]], None]] = {}
     for name in model.objectives:
-        hook = getattr(model.objective(name), "calibrate", None)
-        if callable(hook):
+        hook = getattr(model.objective(name), hook_method, None)
+        if callable(hook) and wanted(model.objective(name)):
             hooks[name] = hook
     names = list(hooks)
     if not names:
         return []
 
-    def eval_rows(output: ModelOutput, batch: Batch) -> dict[str, Tensor]:
-        return {f"{n}:{k}": v for n in names for k, v in model.objective(n).eval_rows(output, batch).items()}
+    def rows_of(output: ModelOutput, batch: Batch) -> dict[str, Tensor]:
+        return {
+            f"{n}:{k}": v
+            for n in names
+            for k, v in getattr(model.objective(n), rows_method)(output, batch).items()
+        }
 
-    rows = collect(model, batches, eval_rows)
-    for name, calibrate in hooks.items():
+    rows = collect(model, batches, rows_of)
+    for name, hook in hooks.items():
         prefix = f"{name}:"
-        calibrate({k[len(prefix) :]: v for k, v in rows.items() if k.startswith(prefix)})
+        hook({k[len(prefix) :]: v for k, v in rows.items() if k.startswith(prefix)})
     return names

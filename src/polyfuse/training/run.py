@@ -34,7 +34,7 @@ from polyfuse.data.errors import DataError
 from polyfuse.data.prepare import PreparedData, effective_split, prepare_data
 from polyfuse.data.preprocess import Preprocessor
 from polyfuse.data.splits import empty_split_problems
-from polyfuse.evaluation.evaluate import calibrate_objectives, score_objectives
+from polyfuse.evaluation.evaluate import calibrate_objectives, fit_objectives_to_trained, score_objectives
 from polyfuse.init_config import check_config
 from polyfuse.models.model import (
     MultimodalModel,
@@ -270,6 +270,11 @@ def train(
     if best.exists():
         module.load_state_dict(torch.load(best, map_location="cpu", weights_only=True)["state_dict"])
     model = module.model.cpu().eval()
+    # the training rows as they are (no augmentation); read only if an objective needs them
+    train_rows = make_loader(train_table, preprocessor, batch_size=training.batch_size, train=False)
+    fitted = fit_objectives_to_trained(model, train_rows)
+    if fitted:
+        log(f"fitted to the trained model's outputs on the training split: {', '.join(fitted)}")
     if val_loader is not None:
         calibrated = calibrate_objectives(model, val_loader)
         if calibrated:
