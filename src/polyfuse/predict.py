@@ -59,7 +59,7 @@ class Predictor:
         with progress_bar("predicting", total=len(dataset), enabled=self.show_progress) as advance:
             for start in range(0, len(dataset), self.batch_size):
                 stop = min(start + self.batch_size, len(dataset))
-                yield self._collate([dataset[i] for i in range(start, stop)])
+                yield self._collate(dataset.__getitems__(range(start, stop)))
                 advance(stop - start)
 
     def _require(self, capability: str) -> str:

@@ -271,6 +271,38 @@ def test_worker_processes_give_the_same_batches(table_dir: Path, tmp_path: Path)
             assert torch.equal(a.inputs[name].present, b.inputs[name].present)
 
 
+def test_a_batch_is_read_on_one_thread_with_the_same_samples(
+    table_dir: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The DataLoader reads a batch through __getitems__, on one intra-op thread (small per-row ops pay
+    more for the threads' start and join than they gain), and gets bitwise the rows __getitem__ gives."""
+    from torch.utils.data import DataLoader
+
+    prepared = prepare_data(_config(table_dir / "table.csv", tmp_path / "cache"), show_progress=False)
+    dataset = MultimodalDataset(prepared.split("train"), prepared.preprocessor, augment=True, seed=3)
+    seen: list[int] = []
+    read = dataset.preprocessor.encode_inputs
+
+    def encode_inputs(*args: object, **kwargs: object) -> object:
+        seen.append(torch.get_num_threads())
+        return read(*args, **kwargs)  # type: ignore[arg-type]
+
+    monkeypatch.setattr(dataset.preprocessor, "encode_inputs", encode_inputs)
+    torch_threads = torch.get_num_threads()
+    torch.set_num_threads(2)
+    try:
+        batch = next(iter(DataLoader(dataset, batch_size=4, collate_fn=make_collate(prepared.preprocessor))))
+        assert seen == [1, 1, 1, 1] and torch.get_num_threads() == 2  # restored after the batch
+        with pytest.raises(IndexError):  # restored after an error too
+            dataset.__getitems__([10_000_000])
+        assert torch.get_num_threads() == 2
+    finally:
+        torch.set_num_threads(torch_threads)
+    one_by_one = make_collate(prepared.preprocessor)([dataset[i] for i in range(4)])
+    for name in batch.inputs:
+        assert torch.equal(batch.inputs[name].values, one_by_one.inputs[name].values)
+
+
 def test_default_split_follows_the_tables_split_column(table_dir: Path, tmp_path: Path) -> None:
     config = DataConfig(
         table=table_dir / "table.csv",

@@ -2,7 +2,8 @@
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
 from typing import Any
 
 import numpy as np
@@ -22,6 +23,26 @@ from polyfuse.data.table import Table
 # (audio.cnn's time stride of 8 divides 16). Inputs read by a pretrained encoder keep their exact length:
 # Whisper, for one, accepts only its own number of frames.
 AUDIO_PAD_MULTIPLE = 16
+
+
+@contextmanager
+def one_intra_op_thread() -> Iterator[None]:
+    """Run torch ops on one thread inside the block (the setting before is restored after it).
+
+    Preprocessing one row is many small ops (an STFT of one clip, a mel projection, one image's affine
+    grid): split over threads, each pays the threads' start and join for a few microseconds of work. On
+    the 2-core box, reading 8 augmented AV-Digits batches took 0.88 s on one thread against 3.7-5.8 s on
+    two while other runs shared the cores, and the samples are bitwise the same. Switching costs ~0.2 µs.
+    """
+    before = torch.get_num_threads()
+    if before == 1:
+        yield
+        return
+    torch.set_num_threads(1)
+    try:
+        yield
+    finally:
+        torch.set_num_threads(before)
 
 
 class MultimodalDataset(Dataset[dict[str, Any]]):
@@ -76,6 +97,12 @@ class MultimodalDataset(Dataset[dict[str, Any]]):
             # Name the row: the preprocessor only knows columns.
             raise DataError([p.at_row(index) for p in e.problems]) from None
         return {"inputs": inputs, "targets": targets, "index": index}
+
+    def __getitems__(self, indices: Sequence[int]) -> list[dict[str, Any]]:
+        """The samples of one batch (the DataLoader asks for a batch's rows at once through this), read
+        on one thread: see `one_intra_op_thread`."""
+        with one_intra_op_thread():
+            return [self[i] for i in indices]
 
 
 class Collate:
