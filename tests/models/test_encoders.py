@@ -314,3 +314,59 @@ def test_input_layout_errors_name_the_fix() -> None:
         create_encoder("image.cnn", in_channels=1)(image_batch(3))
     with pytest.raises(ValueError, match="n_mels"):
         create_encoder("audio.transformer", n_mels=64)(logmel_batch(16))
+
+
+def test_audio_cnn_masks_before_relu_for_the_same_values_and_fewer_saved_activations() -> None:
+    """audio.cnn zeroes the padded frames and then applies relu in place: its tokens and gradients are
+    bitwise those of relu then masking (`reference` below, the forward pass it replaced), with less kept
+    for backward."""
+    from polyfuse.models.encoders.audio_cnn import AudioCNN
+    from polyfuse.models.encoders.base import masked_mean
+
+    def reference(model: AudioCNN, frames: Tensor, mask: Tensor) -> Tensor:
+        def keep(m: Tensor) -> Tensor:
+            return m[:, None, None, :].to(frames.dtype)
+
+        x = frames.unsqueeze(1) * keep(mask)
+        mask = mask[:, :: model.stem_stride]
+        x = torch.relu(model.stem(x)) * keep(mask)
+        for block in model.blocks:
+            mask = mask[:, :: block.stride]
+            y = torch.relu(block.conv1(x)) * keep(mask)
+            x = torch.relu(block.conv2(y) + block.shortcut(x)) * keep(mask)
+        tokens = x.mean(dim=2).transpose(1, 2)
+        return tokens.square().sum() + masked_mean(tokens, mask).sum()
+
+    torch.manual_seed(0)
+    model = AudioCNN(widths=(8, 16, 32)).train()
+    frames = torch.randn(6, 20, 48)
+    mask = torch.arange(48)[None] < torch.tensor([48, 30, 17, 48, 5, 40])[:, None]
+    batch = ModalityBatch(values=frames, present=torch.ones(6, dtype=torch.bool), token_mask=mask)
+
+    def run(loss: Callable[[], Tensor]) -> tuple[Tensor, list[Tensor], int]:
+        model.zero_grad()
+        saved: dict[int, int] = {}
+
+        def pack(t: Tensor) -> Tensor:
+            saved[t.untyped_storage().data_ptr()] = t.untyped_storage().nbytes()
+            return t
+
+        with torch.autograd.graph.saved_tensors_hooks(pack, lambda t: t):
+            value = loss()
+        value.backward()
+        return (
+            value.detach(),
+            [p.grad.clone() for p in model.parameters() if p.grad is not None],
+            sum(saved.values()),
+        )
+
+    def polyfuse_loss() -> Tensor:
+        out = model(batch)
+        return out.tokens.square().sum() + out.pooled.sum()
+
+    value, grads, saved_bytes = run(polyfuse_loss)
+    reference_value, reference_grads, reference_bytes = run(lambda: reference(model, frames, mask))
+    assert torch.equal(value, reference_value)
+    assert len(grads) == len(reference_grads) == len(list(model.parameters()))
+    assert all(torch.equal(a, b) for a, b in zip(grads, reference_grads, strict=True))
+    assert saved_bytes < 0.85 * reference_bytes
