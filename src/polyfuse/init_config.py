@@ -181,8 +181,9 @@ VAE_PRIOR_COMPONENTS = 10
 
 # Generating an image from a clip draws the image's code from a 10-component mixture density network given
 # the clip's code (objectives.vae, "Cross-modal priors"). On AV-Digits (bench/generation.py, 60 epochs) a
-# classifier of sharp digits recognised 0.87-0.93 of those images (0.96-0.97 at temperature 0) against
-# 0.66-0.71 decoded from the clip's own posterior, by the same models. Sound generated from an image
+# classifier of sharp digits recognised 0.93-0.97 of those images, sampled or at temperature 0 (with the
+# prior refitted after training; 0.87-0.93 sampled without), against 0.66-0.71 decoded from the clip's own
+# posterior, by the same models. Sound generated from an image
 # through an audio cross prior was recognised less often than from the image's posterior in all three
 # joints (0.51-0.67 against 0.70-0.82), so init gives images one and leaves audio to the posterior.
 VAE_CROSS_PRIOR_COMPONENTS = 10

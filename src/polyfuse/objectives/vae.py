@@ -44,9 +44,11 @@ also sit apart (the alignment term agrees through projection heads), so the clip
 image's codes. A mixture density network per generated input, p(z_target | the other inputs' posterior
 means), fitted alongside the VAE to the means of the target's own posterior (`models.mixture_density`, as
 unCLIP's prior maps a caption's embedding to an image embedding), gives one of the image's codes for the
-clip instead: a digit in one style, which the decoder draws as sharply as it rebuilds an image (0.87-0.93
-recognised). Its inputs and targets are detached, so it does not change the VAE, and it is left out of the
-validation loss that picks the epoch.
+clip instead: a digit in one style, which the decoder draws as sharply as it rebuilds an image. Its inputs
+and targets are detached, so it does not change the VAE, and it is left out of the validation loss that
+picks the epoch. While the VAE trains its codes move and the prior chases them, so after training
+(`fit_to_trained`, on the best epoch's weights) it is fitted further to the codes of the training rows:
+audio→image recognised 0.87-0.93 → 0.93-0.97 of the time, sampled (bench/generation.py).
 """
 
 from __future__ import annotations
