@@ -337,10 +337,10 @@ class VAEObjective(ReconstructionBase):
         prior is a code of one plausible input, not a noisy one. In training each other present input is
         kept with probability ½ (at least one), so the prior serves any subset of them."""
         means = [expert.mean for expert in experts]
+        present = {n: present[n] for n in self.inputs}
         terms = []
         for target in self.cross_prior_targets:
-            present_only = {n: present[n] for n in self.inputs}
-            keep = self._random_keep(present_only, target) if self.training else present_only
+            keep = self._random_keep(present, target) if self.training else present
             z = self._cross_prior_target(experts, present, target).detach()
             rows = self._cross_prior_rows(present, target)
             log_prob = self.cross_prior(target).log_prob(self._cross_prior_sources(means, keep, target), z)
@@ -354,10 +354,13 @@ class VAEObjective(ReconstructionBase):
         code, _ = subset_posterior(self.joint, experts, masks, (self.inputs.index(target),))
         return code.mean
 
+    def _others_present(self, present: dict[str, Tensor], target: str) -> Tensor:
+        """(B,) bool: the rows with an input other than `target`, what a cross prior reads."""
+        return torch.stack([present[n] for n in self.inputs if n != target], 1).any(1)
+
     def _cross_prior_rows(self, present: dict[str, Tensor], target: str) -> Tensor:
         """(B,) bool: the rows a cross prior learns from, those with the target and another input."""
-        others = torch.stack([present[n] for n in self.inputs if n != target], 1).any(1)
-        return present[target] & others
+        return present[target] & self._others_present(present, target)
 
     @property
     def needs_fit_to_trained(self) -> bool:
@@ -380,8 +383,7 @@ class VAEObjective(ReconstructionBase):
         While the VAE trains, its codes move, and the prior chases them; once they stand still, a few
         hundred epochs over them make its draws sharper (on AV-Digits' poe, audio→image recognised by
         the sharp-digit judge rose from 0.91 to 0.96 sampled). A tenth of the rows is held out: the
-        weights of the epoch with the best held-out likelihood are kept (stopped after 20 epochs without
-        a better one)."""
+        weights of the epoch with the best held-out likelihood are kept (`fit_mixture_density`)."""
         # rows were collected under inference mode: clones are ordinary tensors autograd can use
         means = [rows[f"mean:{n}"].clone() for n in self.inputs]
         present = {n: rows[f"present:{n}"].clone() for n in self.inputs}
@@ -490,8 +492,7 @@ class VAEObjective(ReconstructionBase):
         if target not in self.cross_prior_targets:
             return z
         # rows without the target but with another input: the target's code from its cross prior
-        others = torch.stack([output.present[m] for m in self.inputs if m != target], 1).any(1)
-        crossing = others & ~output.present[target]  # (B,)
+        crossing = self._others_present(output.present, target) & ~output.present[target]  # (B,)
         if not bool(crossing.any()):
             return z
         sources = self._cross_prior_sources([e.mean for e in experts], output.present, target)
