@@ -38,6 +38,7 @@ import yaml
 from polyfuse.atomic import atomic_write_text
 from polyfuse.data.datasets import build_av_digits, default_data_dir
 from polyfuse.init_config import init_config
+from polyfuse.training.precision import resolve_precision
 
 RESULTS = Path(__file__).parent / "results"
 THRESHOLDS = (0.99, 0.995)
@@ -76,16 +77,9 @@ def accuracy(predictor: Any, test: pd.DataFrame, base_dir: Path, drop: str | Non
     return float((predicted.to_numpy() == test["label"].astype(str).to_numpy()).mean())
 
 
-def one_seed(
-    table: Path, work: Path, seed: int, epochs: int | None, settings: dict[str, Any] | None = None
-) -> dict[str, Any]:
-    from fusion import run_child  # bench/ is on sys.path when this file runs as a script
-
-    import polyfuse
-
-    config_path = work / f"seed{seed}.yaml"
+def configured(table: Path, config_path: Path, work: Path, updates: dict[str, Any]) -> Any:
+    """init's config for the table with `updates` over it, written to config_path."""
     config = init_config(table, ["label"], config_path)
-    updates = {**(settings or {}), "seed": seed, **({"epochs": epochs} if epochs else {})}
     tree = config.model_dump(mode="json")
     for key, value in updates.items():
         # a plain key is a training setting; a dotted one a path from the config's root
@@ -98,7 +92,21 @@ def one_seed(
             node = node[part]
         node[leaf] = value
     tree["data"]["cache_dir"] = str(work / "cache")
-    config_path.write_text(type(config).model_validate(tree).to_yaml())
+    config = type(config).model_validate(tree)
+    config_path.write_text(config.to_yaml())
+    return config
+
+
+def one_seed(
+    table: Path, work: Path, seed: int, epochs: int | None, settings: dict[str, Any] | None = None
+) -> dict[str, Any]:
+    from fusion import run_child  # bench/ is on sys.path when this file runs as a script
+
+    import polyfuse
+
+    config_path = work / f"seed{seed}.yaml"
+    updates = {**(settings or {}), "seed": seed, **({"epochs": epochs} if epochs else {})}
+    configured(table, config_path, work, updates)
     run_dir = work / f"seed{seed}"
     started = time.time()
     seconds, rss_mb, code = run_child(
@@ -141,16 +149,15 @@ def one_seed(
     }
 
 
-def plain_floor(table: Path, work: Path, epochs: int) -> tuple[float, int]:
-    """Samples/s of bench/train_overhead.py's plain loop on the default network (after its first epoch),
-    and the number of training rows."""
+def plain_floor(table: Path, work: Path, epochs: int, settings: dict[str, Any]) -> tuple[float, int]:
+    """Samples/s of bench/train_overhead.py's plain loop on the runs' network and precision (after its
+    first epoch), and the number of training rows."""
     from train_overhead import plain_loop
 
     from polyfuse.data.prepare import prepare_data
     from polyfuse.training.data import make_loader
 
-    config = init_config(table, ["label"], work / "plain.yaml")
-    config = config.model_copy(update={"data": config.data.model_copy(update={"cache_dir": work / "cache"})})
+    config = configured(table, work / "plain.yaml", work, settings)
     prepared = prepare_data(config.data, show_progress=False)
     loader = make_loader(
         prepared.split("train"), prepared.preprocessor, batch_size=config.training.batch_size, train=False
@@ -190,12 +197,17 @@ def main() -> None:
         table = build_av_digits(work / "av", args.data or default_data_dir())
     settings = {k: yaml.safe_load(v) for k, v in (item.split("=", 1) for item in args.set)}
     runs = [one_seed(table, work, seed, args.epochs, settings) for seed in args.seeds]
-    plain, train_rows = plain_floor(table, work, args.plain_epochs)
+    plain, train_rows = plain_floor(table, work, args.plain_epochs, settings)
     floor = statistics.mean(r["epochs_run"] for r in runs) * train_rows / plain
     whole = statistics.mean(r["whole_run_seconds"] for r in runs)
     result = {
         "machine": f"{platform.machine()}, {torch.get_num_threads()} torch threads, torch {torch.__version__}",
         "settings_over_init": settings,
+        "precision": "{} ({})".format(
+            *resolve_precision(
+                configured(table, work / "plain.yaml", work, settings).training, ["supervised"]
+            )
+        ),
         "train_rows": train_rows,
         "runs": runs,
         "mean": {
@@ -228,7 +240,8 @@ def write(result: dict[str, Any], stem: str) -> None:
     lines = [
         "# Time to accuracy, default AV-Digits run",
         "",
-        f"Machine: {result['machine']}; settings over init's: {result['settings_over_init'] or 'none'}",
+        f"Machine: {result['machine']}; settings over init's: {result['settings_over_init'] or 'none'}; "
+        f"precision: {result['precision']}",
         "",
         "| seed | epochs | test accuracy | without audio | without image | s to 0.99 | s to 0.995 | whole run s "
         "| peak RSS MB |",

@@ -33,12 +33,16 @@ from polyfuse.init_config import init_config
 from polyfuse.models.model import build_model
 from polyfuse.training.data import make_loader
 from polyfuse.training.module import PolyfuseModule, warmup_cosine
+from polyfuse.training.precision import resolve_precision
 
 RESULTS = Path(__file__).parent / "results" / "train_overhead.json"
 
 
 def plain_loop(config: Any, preprocessor: Any, batches: list[Batch], epochs: int) -> float:
-    """Samples per second of a hand-written loop."""
+    """Samples per second of a hand-written loop, at the precision the run resolves to (bf16 autocast or
+    fp32, see polyfuse.training.precision)."""
+    precision, _ = resolve_precision(config.training, [o.name for o in config.objectives])
+    bf16 = precision == "bf16-mixed"
     model = build_model(config, preprocessor)
     model.train()
     training = config.training
@@ -54,7 +58,8 @@ def plain_loop(config: Any, preprocessor: Any, batches: list[Batch], epochs: int
     for _ in range(epochs):
         start = time.perf_counter()
         for batch in batches:
-            loss = model.losses(model(batch), batch)["loss"]
+            with torch.autocast("cpu", dtype=torch.bfloat16, enabled=bf16):
+                loss = model.losses(model(batch), batch)["loss"]
             optimizer.zero_grad(set_to_none=True)
             loss.backward()
             torch.nn.utils.clip_grad_norm_(model.parameters(), training.gradient_clip)

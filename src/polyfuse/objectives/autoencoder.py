@@ -38,6 +38,7 @@ class AutoencoderObjective(ReconstructionBase):
     name: ClassVar[str] = "autoencoder"
     needs_fusion: ClassVar[bool] = True
     capabilities: ClassVar[tuple[str, ...]] = ("generate", "anomaly")
+    trains_in_bf16: ClassVar[bool] = False
 
     def __init__(
         self,

@@ -46,6 +46,8 @@ class Objective(Protocol):
                     some objective needs one.
     capabilities:   Predictor calls it enables: "predict", "embed", "search", "zero_shot", "consistency",
                     "generate", "anomaly".
+    trains_in_bf16: True once the objective's results were checked under bf16 autocast: then
+                    `training.precision: auto` may train it in bf16 (see training.precision).
     losses:         named scalar losses; the key "loss" is this objective's total (logged as
                     "<name>_loss" and weighted into the run's "loss"), other keys are logged as they are.
     step_metrics:   cheap per-batch validation metrics (logged as val_<key>, averaged over batches).
@@ -61,6 +63,7 @@ class Objective(Protocol):
     name: ClassVar[str]
     needs_fusion: ClassVar[bool]
     capabilities: ClassVar[tuple[str, ...]]
+    trains_in_bf16: ClassVar[bool]
 
     def losses(self, output: ModelOutput, batch: Batch) -> dict[str, Tensor]: ...
 

@@ -53,6 +53,7 @@ class ContrastiveObjective(nn.Module):
     name: ClassVar[str] = "contrastive"
     needs_fusion: ClassVar[bool] = False
     capabilities: ClassVar[tuple[str, ...]] = ("embed", "search", "zero_shot")
+    trains_in_bf16: ClassVar[bool] = False
 
     def __init__(
         self,

@@ -52,6 +52,7 @@ class MatchingObjective(nn.Module):
     name: ClassVar[str] = "matching"
     needs_fusion: ClassVar[bool] = True  # the class may; an instance with head="pairwise" does not
     capabilities: ClassVar[tuple[str, ...]] = ("consistency",)
+    trains_in_bf16: ClassVar[bool] = False
 
     def __init__(
         self,

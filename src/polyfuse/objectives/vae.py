@@ -114,6 +114,7 @@ class VAEObjective(ReconstructionBase):
     name: ClassVar[str] = "vae"
     needs_fusion: ClassVar[bool] = False
     capabilities: ClassVar[tuple[str, ...]] = ("generate", "anomaly")
+    trains_in_bf16: ClassVar[bool] = False
     steps: Tensor  # () long buffer: training steps taken (drives the KL warm-up, saved with the model)
     fitted_prior_components: int
     prior_weights: Tensor  # (K,) the fitted prior's mixture weights (NaN: not fitted)

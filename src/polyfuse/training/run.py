@@ -46,6 +46,7 @@ from polyfuse.models.model import (
 from polyfuse.training.data import make_loader
 from polyfuse.training.init_from import init_from
 from polyfuse.training.memory import HeapTrim, map_large_allocations
+from polyfuse.training.precision import resolve_precision
 
 CHECKPOINTS = "checkpoints"
 
@@ -182,6 +183,9 @@ def train(
     else:
         trainer_callbacks.append(EpochLog(log))
     trainer_callbacks += list(callbacks)
+    precision, why = resolve_precision(training, [o.name for o in config.objectives])
+    if training.precision == "auto":
+        log(f"precision auto: {why}")
     _quiet_lightning()
     trainer = L.Trainer(
         max_epochs=training.epochs,
@@ -189,7 +193,7 @@ def train(
         devices=training.devices,
         num_nodes=training.num_nodes,
         strategy=make_strategy(training),
-        precision=training.precision,
+        precision=precision,  # type: ignore[arg-type]
         gradient_clip_val=training.gradient_clip,
         accumulate_grad_batches=training.accumulate_grad_batches,
         deterministic=training.deterministic,
