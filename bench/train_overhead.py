@@ -41,7 +41,7 @@ RESULTS = Path(__file__).parent / "results" / "train_overhead.json"
 def plain_loop(config: Any, preprocessor: Any, batches: list[Batch], epochs: int) -> float:
     """Samples per second of a hand-written loop, at the precision the run resolves to (bf16 autocast or
     fp32, see polyfuse.training.precision)."""
-    precision, _ = resolve_precision(config.training, [o.name for o in config.objectives])
+    precision, _ = resolve_precision(config)
     bf16 = precision == "bf16-mixed"
     model = build_model(config, preprocessor)
     model.train()

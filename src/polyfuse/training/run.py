@@ -183,7 +183,7 @@ def train(
     else:
         trainer_callbacks.append(EpochLog(log))
     trainer_callbacks += list(callbacks)
-    precision, why = resolve_precision(training, [o.name for o in config.objectives])
+    precision, why = resolve_precision(config)
     if training.precision == "auto":
         log(f"precision auto: {why}")
     _quiet_lightning()

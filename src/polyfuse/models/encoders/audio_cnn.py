@@ -9,6 +9,7 @@ train mode the batch statistics include the zeroed frames; that only shifts the 
 from __future__ import annotations
 
 from collections.abc import Sequence
+from typing import ClassVar
 
 import torch.nn.functional as F
 from torch import Tensor, nn
@@ -58,6 +59,8 @@ class AudioCNN(EncoderModule):
 
     The frequency axis is averaged away after the last stage; pooled = mean over the real time steps.
     """
+
+    trains_in_bf16: ClassVar[bool] = True  # AV-Digits and AV-Digits-N (issue 14)
 
     def __init__(
         self,

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from typing import Protocol, Self, runtime_checkable
+from typing import ClassVar, Protocol, Self, runtime_checkable
 
 import torch
 from torch import Tensor, nn
@@ -36,6 +36,9 @@ class EncoderModule(nn.Module):
     """
 
     output_dim: int
+    # True once the encoder's results were checked under bf16 autocast: `training.precision: auto` may
+    # then train it in bf16 (see polyfuse.training.precision)
+    trains_in_bf16: ClassVar[bool] = False
 
     def __init__(self) -> None:
         super().__init__()

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from collections.abc import Sequence
+from typing import ClassVar
 
 import torch.nn.functional as F
 from torch import Tensor, nn
@@ -43,6 +44,8 @@ class ImageCNN(EncoderModule):
 
     With the defaults a (B, 3, 224, 224) image gives a 28 x 28 map: 784 tokens of D = widths[-1].
     """
+
+    trains_in_bf16: ClassVar[bool] = True  # AV-Digits and AV-Digits-N (issue 14)
 
     def __init__(
         self,
