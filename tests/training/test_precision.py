@@ -137,3 +137,15 @@ def test_auto_keeps_fp32_for_an_objective_not_checked_in_bf16(
     assert precision == "32-true"
     assert any(line.startswith("precision auto: fp32: bf16 is not checked for") for line in lines)
     assert any("contrastive" in line for line in lines if line.startswith("precision auto"))
+
+
+def test_a_fusion_not_checked_in_bf16_keeps_fp32(monkeypatch: pytest.MonkeyPatch) -> None:
+    from polyfuse.models.fusion import FUSIONS
+
+    _native_bf16(monkeypatch, True)
+    config = _config(accelerator="cpu")
+    config.fusion.name = "tensor"
+    assert resolve_precision(config)[0] == "bf16-mixed"
+    monkeypatch.setattr(FUSIONS["tensor"], "trains_in_bf16", False)
+    precision, why = resolve_precision(config)
+    assert precision == "32" and "fusion tensor" in why

@@ -43,10 +43,12 @@ def resolve_precision(config: RunConfig) -> tuple[str, str]:
     if training.precision != "auto":
         return training.precision, "as configured"
     from polyfuse.models.encoders import ENCODERS
+    from polyfuse.models.fusion import FUSIONS
     from polyfuse.objectives import OBJECTIVES
 
     builders: list[tuple[str, object]] = [(o.name, OBJECTIVES.get(o.name)) for o in config.objectives]
     builders += [(e.name, ENCODERS.get(e.name)) for e in config.encoders.values()]
+    builders.append((f"fusion {config.fusion.name}", FUSIONS.get(config.fusion.name)))
     unchecked = sorted({name for name, built in builders if not getattr(built, "trains_in_bf16", False)})
     if unchecked:
         return "32", f"fp32: bf16 is not checked for {', '.join(unchecked)}"

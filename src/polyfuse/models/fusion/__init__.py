@@ -13,7 +13,7 @@ from __future__ import annotations
 import inspect
 from collections.abc import Callable, Iterator
 from fnmatch import fnmatch
-from typing import Any, Protocol
+from typing import Any, ClassVar, Protocol
 
 from torch import Tensor, nn
 
@@ -33,11 +33,13 @@ class Fusion(Protocol):
 
     features[name]: the encoder output of input `name`; present[name]: bool (B,), False where the row
     lacks that input. Values of absent rows are garbage and do not influence the output. Returns
-    (B, output_dim).
+    (B, output_dim). `trains_in_bf16`: True once the fusion's results were checked under bf16 autocast
+    (`training.precision: auto` may then train it in bf16; see polyfuse.training.precision).
     """
 
     output_dim: int
     training: bool
+    trains_in_bf16: ClassVar[bool]
 
     def forward(self, features: dict[str, EncoderOutput], present: dict[str, Tensor]) -> Tensor: ...
 

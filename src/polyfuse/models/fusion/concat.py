@@ -6,6 +6,8 @@ one difference: an absent input is the learned stand-in from `MissingModalityEmb
 
 from __future__ import annotations
 
+from typing import ClassVar
+
 import torch
 from torch import Tensor, nn
 
@@ -21,6 +23,8 @@ from polyfuse.models.outputs import EncoderOutput
 
 class ConcatFusion(nn.Module):
     """hidden_dim: width of each projection and of the MLP; dropout: inside the MLP."""
+
+    trains_in_bf16: ClassVar[bool] = True  # AV-Digits-N, bench/results/fusion_noisy_bf16.md
 
     def __init__(
         self,

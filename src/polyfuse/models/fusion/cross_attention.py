@@ -15,6 +15,8 @@ T_m * sum_j T_j per head; long inputs are better pooled by their encoder first.
 
 from __future__ import annotations
 
+from typing import ClassVar
+
 import torch
 from torch import Tensor, nn
 
@@ -65,6 +67,8 @@ class CrossAttentionBlock(nn.Module):
 class CrossAttentionFusion(nn.Module):
     """d_model, num_heads: width and heads of every block (one block per input); ffn_dim: the blocks'
     feed-forward width (default 2 * d_model); dropout: on attention weights and residual branches."""
+
+    trains_in_bf16: ClassVar[bool] = True  # AV-Digits-N, bench/results/fusion_noisy_bf16.md
 
     def __init__(
         self,

@@ -18,6 +18,8 @@ a single input there is nothing to condition on: its context is a learned consta
 
 from __future__ import annotations
 
+from typing import ClassVar
+
 import torch
 from torch import Tensor, nn
 
@@ -53,6 +55,8 @@ class FiLMBlock(nn.Module):
 class FiLMFusion(nn.Module):
     """d_model: width of the modulated tokens and of each context; blocks: FiLM blocks per input;
     dropout: on the blocks' residual branches and before the output layer."""
+
+    trains_in_bf16: ClassVar[bool] = True  # AV-Digits-N, bench/results/fusion_noisy_bf16.md
 
     def __init__(
         self,

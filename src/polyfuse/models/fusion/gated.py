@@ -11,6 +11,8 @@ Such rows are the only ones through which this fusion's stand-ins receive gradie
 
 from __future__ import annotations
 
+from typing import ClassVar
+
 import torch
 from torch import Tensor, nn
 
@@ -26,6 +28,8 @@ from polyfuse.models.outputs import EncoderOutput
 
 class GatedFusion(nn.Module):
     """dropout: on the projected vectors, before gating."""
+
+    trains_in_bf16: ClassVar[bool] = True  # AV-Digits-N, bench/results/fusion_noisy_bf16.md
 
     def __init__(
         self,

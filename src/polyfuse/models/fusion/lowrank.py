@@ -11,6 +11,8 @@ registered and trained; MultiBench kept them in a plain Python list, which the o
 
 from __future__ import annotations
 
+from typing import ClassVar
+
 import torch
 from torch import Tensor, nn
 
@@ -26,6 +28,8 @@ from polyfuse.models.outputs import EncoderOutput
 
 class LowRankFusion(nn.Module):
     """rank: number R of rank-one terms; dropout: on each pooled input before its factor."""
+
+    trains_in_bf16: ClassVar[bool] = True  # AV-Digits-N, bench/results/fusion_noisy_bf16.md
 
     def __init__(
         self,

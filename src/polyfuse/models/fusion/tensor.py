@@ -8,6 +8,8 @@ which approximates the same product with rank-R factors at a cost linear in M.
 
 from __future__ import annotations
 
+from typing import ClassVar
+
 from torch import Tensor, nn
 
 from polyfuse.models.fusion.missing import (
@@ -25,6 +27,8 @@ MAX_PRODUCT_SIZE = 1_000_000
 class TensorFusion(nn.Module):
     """proj_dim: size d of each projected input (the product has (d + 1) ** M features); hidden_dim:
     width of the MLP on the product; dropout: on the product and inside the MLP."""
+
+    trains_in_bf16: ClassVar[bool] = True  # AV-Digits-N, bench/results/fusion_noisy_bf16.md
 
     def __init__(
         self,

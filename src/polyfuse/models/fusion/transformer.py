@@ -14,6 +14,8 @@ fusion. Tokens are not truncated or pooled here, so nothing is silently dropped.
 
 from __future__ import annotations
 
+from typing import ClassVar
+
 import torch
 from torch import Tensor, nn
 
@@ -30,6 +32,8 @@ from polyfuse.models.outputs import EncoderOutput
 class TransformerFusion(nn.Module):
     """d_model, num_heads, num_layers: the joint encoder's size; ffn_dim: its feed-forward width (default
     2 * d_model); dropout: inside the encoder layers."""
+
+    trains_in_bf16: ClassVar[bool] = True  # AV-Digits-N, bench/results/fusion_noisy_bf16.md
 
     def __init__(
         self,
