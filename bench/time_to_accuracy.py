@@ -196,6 +196,8 @@ def main() -> None:
     if not table.is_file():
         table = build_av_digits(work / "av", args.data or default_data_dir())
     settings = {k: yaml.safe_load(v) for k, v in (item.split("=", 1) for item in args.set)}
+    # what the runs and the plain loop train in, resolved before any run so that a mistake fails fast
+    precision = "{} ({})".format(*resolve_precision(configured(table, work / "plain.yaml", work, settings)))
     runs = [one_seed(table, work, seed, args.epochs, settings) for seed in args.seeds]
     plain, train_rows = plain_floor(table, work, args.plain_epochs, settings)
     floor = statistics.mean(r["epochs_run"] for r in runs) * train_rows / plain
@@ -203,11 +205,7 @@ def main() -> None:
     result = {
         "machine": f"{platform.machine()}, {torch.get_num_threads()} torch threads, torch {torch.__version__}",
         "settings_over_init": settings,
-        "precision": "{} ({})".format(
-            *resolve_precision(
-                configured(table, work / "plain.yaml", work, settings).training, ["supervised"]
-            )
-        ),
+        "precision": precision,
         "train_rows": train_rows,
         "runs": runs,
         "mean": {
