@@ -149,15 +149,14 @@ def one_seed(
     }
 
 
-def plain_floor(table: Path, work: Path, epochs: int, settings: dict[str, Any]) -> tuple[float, int]:
-    """Samples/s of bench/train_overhead.py's plain loop on the runs' network and precision (after its
-    first epoch), and the number of training rows."""
+def plain_floor(config: Any, epochs: int) -> tuple[float, int]:
+    """Samples/s of bench/train_overhead.py's plain loop on the runs' network and precision (`config`,
+    after its first epoch), and the number of training rows."""
     from train_overhead import plain_loop
 
     from polyfuse.data.prepare import prepare_data
     from polyfuse.training.data import make_loader
 
-    config = configured(table, work / "plain.yaml", work, settings)
     prepared = prepare_data(config.data, show_progress=False)
     loader = make_loader(
         prepared.split("train"), prepared.preprocessor, batch_size=config.training.batch_size, train=False
@@ -196,10 +195,12 @@ def main() -> None:
     if not table.is_file():
         table = build_av_digits(work / "av", args.data or default_data_dir())
     settings = {k: yaml.safe_load(v) for k, v in (item.split("=", 1) for item in args.set)}
-    # what the runs and the plain loop train in, resolved before any run so that a mistake fails fast
-    precision = "{} ({})".format(*resolve_precision(configured(table, work / "plain.yaml", work, settings)))
+    # the plain loop's config (the runs' without a seed) and what it trains in, resolved before any run so
+    # that a mistake fails fast
+    plain_config = configured(table, work / "plain.yaml", work, settings)
+    precision = "{} ({})".format(*resolve_precision(plain_config))
     runs = [one_seed(table, work, seed, args.epochs, settings) for seed in args.seeds]
-    plain, train_rows = plain_floor(table, work, args.plain_epochs, settings)
+    plain, train_rows = plain_floor(plain_config, args.plain_epochs)
     floor = statistics.mean(r["epochs_run"] for r in runs) * train_rows / plain
     whole = statistics.mean(r["whole_run_seconds"] for r in runs)
     result = {

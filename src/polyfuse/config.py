@@ -131,9 +131,9 @@ class TrainingConfig(BaseModel):
     precision: Literal["auto", "32", "bf16-mixed", "16-mixed"] = Field(
         "auto",
         description="auto: bf16 autocast on a CPU with native bf16 (AVX512-BF16 or AMX), where it trains "
-        "the CNN encoders about 2x faster, if every objective was checked in bf16 (supervised); fp32 "
-        "elsewhere. bf16-mixed also suits GPUs that support it; on CPUs without native bf16 it runs slower "
-        "than fp32",
+        "the CNN encoders about 2x faster, if the run's objectives, encoders and fusion were all checked in "
+        "bf16 (supervised; image.cnn, audio.cnn; every fusion); fp32 elsewhere and on GPUs. bf16-mixed "
+        "forces bf16 autocast; on CPUs without native bf16 it runs slower than fp32",
     )
     accelerator: str = Field("auto", description="auto, cpu, gpu")
     devices: int | str = Field(1, description="number of devices (or 'auto'); >1 runs DDP")

@@ -10,9 +10,10 @@ models wait on the CPU there, and bf16-mixed took 133.1 s against fp32's 106.8 s
 AV-Digits run on an H200 (README, Distributed).
 
 A component opts in with `trains_in_bf16 = True` once its results were checked in bf16: auto keeps fp32
-for a run with any objective, encoder or fusion that has not (a contrastive loss's similarities at a temperature
-of 0.07 need more than bf16's three significant digits; a frozen text transformer's outputs under bf16
-were not compared with fp32's). Every fusion was checked (AV-Digits-N, bench/results/fusion_noisy_bf16.md).
+for a run with any objective, encoder or fusion that has not (a contrastive loss's similarities at a
+temperature of 0.07 need more than bf16's three significant digits; a frozen text transformer's outputs
+under bf16 were not compared with fp32's). Every fusion was checked (AV-Digits-N,
+bench/results/fusion_noisy_bf16.md).
 """
 
 from __future__ import annotations
