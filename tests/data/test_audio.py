@@ -20,6 +20,7 @@ from polyfuse.data.modalities.audio import (
     AudioAugmentConfig,
     AudioConfig,
     audio_features,
+    audio_features_batch,
     augment_waveform,
     decode_audio,
     mel_filterbank,
@@ -271,6 +272,37 @@ def test_per_utterance_normalisation() -> None:
     assert torch.allclose(features.std(dim=1, unbiased=False), torch.ones(64), atol=1e-3)
     silent = audio_features(np.zeros(1600, np.float32), AudioConfig())
     assert torch.equal(silent, torch.zeros_like(silent))  # constant rows: std guarded, no NaN
+
+
+@pytest.mark.parametrize(
+    "cfg",
+    [
+        AudioConfig(sample_rate=8000, n_fft=256, win_length=200, hop_length=80, n_mels=40),
+        AudioConfig(sample_rate=8000, n_fft=255, win_length=200, hop_length=80, n_mels=32),  # odd n_fft
+        AudioConfig(feature="mfcc"),
+        AudioConfig(normalize=False),
+    ],
+)
+def test_clips_computed_together_equal_each_clip_alone(cfg: AudioConfig) -> None:
+    """One STFT over zero-padded clips of mixed lengths (split into groups of similar length) gives each
+    clip the features it gets alone, with cfg.n_frames(N) frames."""
+    rng = np.random.default_rng(0)
+    lengths = [1, 2, 129, 256, 257, 3000, 3100, 3999, 4000, 20000]
+    waves = [torch.tensor(rng.standard_normal(n).astype(np.float32)) for n in lengths] + [torch.zeros(1600)]
+    together = audio_features_batch(waves, cfg)
+    for wave, features in zip(waves, together, strict=True):
+        alone = audio_features(wave, cfg)
+        assert features.shape == alone.shape == (cfg.feature_dim, cfg.n_frames(len(wave)))
+        torch.testing.assert_close(features, alone, atol=1e-5, rtol=0)
+    if cfg.normalize:
+        assert together[-1].abs().max() < 1e-6  # silence: every row constant, normalised to 0
+
+
+def test_mfcc_of_silence_is_zero() -> None:
+    """A constant log-mel stays constant through the DCT (float64), so normalising gives 0, not float32
+    rounding error divided by the clamped std (it gave values up to 0.3)."""
+    silent = audio_features(np.zeros(1600, np.float32), AudioConfig(feature="mfcc"))
+    assert silent.abs().max() < 1e-6
 
 
 # ---------------------------------------------------------------------------------------------------

@@ -22,8 +22,10 @@ from polyfuse.data.modalities.image import (
     _crop_matrix,
     _flip_matrix,
     _rotate_shift_matrix,
+    apply_image_augment,
     augment_image,
     decode_image,
+    draw_image_augment,
     image_to_tensor,
     normalised_black,
 )
@@ -286,6 +288,39 @@ def test_augment_is_deterministic_per_seed_and_keeps_shape() -> None:
     assert run(0).shape == image.shape
     assert torch.equal(run(0), run(0))
     assert not torch.allclose(run(0), run(1))
+
+
+def test_a_batch_warped_at_once_equals_each_image_warped_alone() -> None:
+    """apply_image_augment over a batch (one grid, one resampling) gives bitwise what augment_image gives
+    each image, erasing and per-channel fill included, and draws the generator the same way."""
+    cfg = ImageAugmentConfig(horizontal_flip=True, erase_probability=0.5)
+    images = torch.randn(6, 3, 20, 30)
+    fill = (-1.0, -2.0, -3.0)
+    alone = [augment_image(images[i], cfg, torch.Generator().manual_seed(i), fill=fill) for i in range(6)]
+    generators = [torch.Generator().manual_seed(i) for i in range(6)]
+    draws = [draw_image_augment(20, 30, cfg, g) for g in generators]
+    assert any(d.erase is not None for d in draws) and any(d.erase is None for d in draws)
+    together = apply_image_augment(images, draws, fill)
+    for i in range(6):
+        assert torch.equal(together[i], alone[i])
+    after_alone = torch.Generator().manual_seed(0)
+    augment_image(images[0], cfg, after_alone, fill=fill)
+    assert torch.equal(after_alone.get_state(), generators[0].get_state())
+
+
+def test_augment_draws_are_pinned() -> None:
+    """The draws of a seed are the same as every earlier version's (a resumed or repeated run replays)."""
+    cfg = ImageAugmentConfig(horizontal_flip=True, erase_probability=1.0)
+    draw = draw_image_augment(20, 30, cfg, torch.Generator().manual_seed(0))
+    expected = (0.8735435492362844, -0.04232046961747972, 0.005967690631948682)
+    assert draw.theta[:3] == pytest.approx(expected, abs=1e-12)
+    assert draw.theta[3:] == pytest.approx(
+        (0.10373799430775502, 0.9516766452350094, 0.14118523315956108), abs=1e-12
+    )
+    assert draw.erase == (5, 17, 5, 7)
+    image = torch.arange(600.0).reshape(1, 20, 30)
+    out = augment_image(image, cfg, torch.Generator().manual_seed(0), fill=-1.0)
+    assert float(out.sum()) == pytest.approx(176658.4531, abs=0.05)
 
 
 def test_augment_disabled_and_zero_strength_are_identity() -> None:

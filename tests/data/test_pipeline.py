@@ -275,24 +275,36 @@ def test_a_batch_is_read_on_one_thread_with_the_same_samples(
     table_dir: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     """The DataLoader reads a batch through __getitems__, on one intra-op thread (small per-row ops pay
-    more for the threads' start and join than they gain), and gets bitwise the rows __getitem__ gives."""
+    more for the threads' start and join than they gain), with the augmentation of its images and clips
+    applied to the whole batch, and gets bitwise the rows __getitem__ gives."""
     from torch.utils.data import DataLoader
 
     prepared = prepare_data(_config(table_dir / "table.csv", tmp_path / "cache"), show_progress=False)
     dataset = MultimodalDataset(prepared.split("train"), prepared.preprocessor, augment=True, seed=3)
     seen: list[int] = []
+    deferred: list[str] = []
     read = dataset.preprocessor.encode_inputs
+    finish = dataset.preprocessor.apply_deferred
 
     def encode_inputs(*args: object, **kwargs: object) -> object:
         seen.append(torch.get_num_threads())
         return read(*args, **kwargs)  # type: ignore[arg-type]
 
+    def apply_deferred(samples: list[dict[str, object]]) -> None:
+        deferred.extend(
+            type(v).__name__ for s in samples for v in s.values() if type(v).__name__.startswith("Deferred")
+        )
+        finish(samples)
+
     monkeypatch.setattr(dataset.preprocessor, "encode_inputs", encode_inputs)
+    monkeypatch.setattr(dataset.preprocessor, "apply_deferred", apply_deferred)
     torch_threads = torch.get_num_threads()
     torch.set_num_threads(2)
     try:
         batch = next(iter(DataLoader(dataset, batch_size=4, collate_fn=make_collate(prepared.preprocessor))))
         assert seen == [1, 1, 1, 1] and torch.get_num_threads() == 2  # restored after the batch
+        # the augmentation of every present image and clip was applied to the batch at once
+        assert sorted(deferred) == ["DeferredAudio"] * 4 + ["DeferredImage"] * 3  # row 3 has no image
         with pytest.raises(IndexError):  # restored after an error too
             dataset.__getitems__([10_000_000])
         assert torch.get_num_threads() == 2

@@ -79,6 +79,18 @@ class MultimodalDataset(Dataset[dict[str, Any]]):
         return len(self.rows)
 
     def __getitem__(self, index: int) -> dict[str, Any]:
+        return self._item(index, defer_augmentation=False)
+
+    def __getitems__(self, indices: Sequence[int]) -> list[dict[str, Any]]:
+        """The samples of one batch (the DataLoader asks for a batch's rows at once through this): the same
+        as one `self[i]` each, but with the images' and clips' augmentation applied to the batch at once
+        (`Preprocessor.apply_deferred`), read on one thread: see `one_intra_op_thread`."""
+        with one_intra_op_thread():
+            items = [self._item(i, defer_augmentation=True) for i in indices]
+            self.preprocessor.apply_deferred([item["inputs"] for item in items])
+        return items
+
+    def _item(self, index: int, defer_augmentation: bool) -> dict[str, Any]:
         row = self.rows[index]
         generator = None
         if self.augment:
@@ -91,18 +103,13 @@ class MultimodalDataset(Dataset[dict[str, Any]]):
                 allow_base64=self.allow_base64,
                 allow_paths=self.allow_paths,
                 generator=generator,
+                defer_augmentation=defer_augmentation,
             )
             targets = self.preprocessor.encode_targets(row) if self.with_targets else {}
         except DataError as e:
             # Name the row: the preprocessor only knows columns.
             raise DataError([p.at_row(index) for p in e.problems]) from None
         return {"inputs": inputs, "targets": targets, "index": index}
-
-    def __getitems__(self, indices: Sequence[int]) -> list[dict[str, Any]]:
-        """The samples of one batch (the DataLoader asks for a batch's rows at once through this), read
-        on one thread: see `one_intra_op_thread`."""
-        with one_intra_op_thread():
-            return [self[i] for i in indices]
 
 
 class Collate:

@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import functools
 import json
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Literal
@@ -20,15 +20,22 @@ from polyfuse.data.errors import DataError, MediaError, Problem
 from polyfuse.data.media import MediaSource, is_missing, read_source_bytes, resolve_media
 from polyfuse.data.modalities.audio import (
     AudioConfig,
+    SpecMasks,
+    apply_spec_masks,
     audio_features,
+    audio_features_batch,
     augment_waveform,
     decode_audio,
+    draw_spec_masks,
     spec_augment,
 )
 from polyfuse.data.modalities.image import (
+    ImageAugmentDraw,
     ImageConfig,
+    apply_image_augment,
     augment_image,
     decode_image,
+    draw_image_augment,
     image_to_tensor,
     normalised_black,
 )
@@ -103,12 +110,30 @@ CHECKED = torch.empty(0)
 
 
 @dataclass(frozen=True)
+class DeferredImage:
+    """An image cell whose augmentation is drawn but not yet applied (`Preprocessor.apply_deferred`)."""
+
+    image: Tensor  # (C, H, W), normalised
+    draw: ImageAugmentDraw
+    fill: tuple[float, ...]
+
+
+@dataclass(frozen=True)
+class DeferredAudio:
+    """An audio cell whose waveform is augmented but whose features are not yet computed."""
+
+    waveform: Tensor  # (N,)
+    masks: SpecMasks  # SpecAugment's spans, applied to the features
+
+
+@dataclass(frozen=True)
 class _MediaRequest:
     """How `encode_inputs` was asked to treat image / audio cells (see its docstring)."""
 
     generator: torch.Generator | None
     check: bool
     cached_only: bool
+    defer: bool = False
 
 
 def media_file_name(cell: object) -> str | None:
@@ -218,9 +243,14 @@ class Preprocessor:
         check: bool = False,
         cached_only: bool = False,
         on_cell: Callable[[str], None] | None = None,
+        defer_augmentation: bool = False,
     ) -> Sample:
         """Input name → tensor (None where missing). `generator` turns on train-time augmentation.
         `allow_paths=False`: media strings are base64 data only, never file names (see `resolve_media`).
+
+        `defer_augmentation`: an image or audio cell of polyfuse's own preprocessing gets its augmentation
+        drawn from `generator` (exactly as without deferring) but comes back as a DeferredImage /
+        DeferredAudio; `apply_deferred` then finishes a batch of rows at once, to the same tensors.
 
         Validation's options: `check` computes and caches an image / audio cell's features but returns
         CHECKED for it instead of a tensor; `cached_only` raises NotCached for a media cell that would
@@ -231,7 +261,7 @@ class Preprocessor:
         """
         sample: Sample = {}
         problems: list[Problem] = []
-        media = _MediaRequest(generator, check, cached_only)
+        media = _MediaRequest(generator, check, cached_only, defer_augmentation)
         for name, modality in self.inputs.items():
             if on_cell is not None:
                 on_cell(name)
@@ -252,6 +282,29 @@ class Preprocessor:
         if problems:
             raise DataError(problems)
         return sample
+
+    def apply_deferred(self, samples: Sequence[Sample]) -> None:
+        """Finish in place the augmentation `encode_inputs(defer_augmentation=True)` drew for these rows:
+        each image input's warps as one batch (one affine grid and resampling), each audio input's features
+        as one STFT. The samples end up exactly as `encode_inputs` without deferring makes them; a batch of
+        64 AV-Digits rows is read in about half the time."""
+        for name in self.inputs:
+            images = [i for i, s in enumerate(samples) if isinstance(s.get(name), DeferredImage)]
+            by_shape: dict[tuple[int, ...], list[int]] = {}
+            for i in images:
+                by_shape.setdefault(tuple(samples[i][name].image.shape), []).append(i)
+            for group in by_shape.values():
+                deferred = [samples[i][name] for i in group]
+                stacked = torch.stack([d.image for d in deferred])  # (B, C, H, W)
+                warped = apply_image_augment(stacked, [d.draw for d in deferred], deferred[0].fill)
+                for i, image in zip(group, warped.unbind(0), strict=True):
+                    samples[i][name] = image
+            clips = [i for i, s in enumerate(samples) if isinstance(s.get(name), DeferredAudio)]
+            if clips:
+                deferred_audio = [samples[i][name] for i in clips]
+                features = audio_features_batch([d.waveform for d in deferred_audio], self.state.config.audio)
+                for i, d, f in zip(clips, deferred_audio, features, strict=True):
+                    samples[i][name] = apply_spec_masks(f, d.masks)
 
     def _cached(
         self,
@@ -280,7 +333,7 @@ class Preprocessor:
         allow_base64: bool,
         allow_paths: bool,
         media: _MediaRequest,
-    ) -> Tensor | None:
+    ) -> Tensor | DeferredImage | DeferredAudio | None:
         cfg = self.state.config
         if modality is Modality.TEXT:
             if cell is None or (not isinstance(cell, str) and is_missing(cell)) or cell == "":
@@ -305,7 +358,13 @@ class Preprocessor:
                 return CHECKED
             image = image_to_tensor(pixels, cfg.image)  # (C, H, W)
             if generator is not None and cfg.image.augment.enabled:
-                image = augment_image(image, cfg.image.augment, generator, fill=normalised_black(cfg.image))
+                fill = normalised_black(cfg.image)
+                if media.defer:
+                    _, height, width = image.shape
+                    return DeferredImage(
+                        image, draw_image_augment(height, width, cfg.image.augment, generator), fill
+                    )
+                image = augment_image(image, cfg.image.augment, generator, fill=fill)
             return image
         max_bytes = cfg.audio.max_file_bytes
         augment = cfg.audio.augment
@@ -332,6 +391,11 @@ class Preprocessor:
                 source, max_bytes, self._wave_key, lambda c: decode_audio(c, cfg.audio), media
             )
             waveform = augment_waveform(torch.from_numpy(wave), augment, generator)
+            if media.defer:
+                n_frames = cfg.audio.n_frames(waveform.shape[0])
+                return DeferredAudio(
+                    waveform, draw_spec_masks(cfg.audio.feature_dim, n_frames, augment, generator)
+                )
             features = audio_features(waveform, cfg.audio)
         else:
             features = torch.from_numpy(
@@ -428,7 +492,7 @@ class Preprocessor:
             elif modality is Modality.IMAGE:
                 sizes[name] = 1 if cfg.image.mode == "L" else 3
             elif modality is Modality.AUDIO:
-                sizes[name] = cfg.audio.n_mfcc if cfg.audio.feature == "mfcc" else cfg.audio.n_mels
+                sizes[name] = cfg.audio.feature_dim
             elif modality is Modality.TEXT:
                 sizes[name] = len(self.tokenizer_of(name))
             elif modality is Modality.NUMERIC:

@@ -18,6 +18,8 @@ from __future__ import annotations
 import functools
 import math
 import struct
+from collections.abc import Sequence
+from dataclasses import dataclass
 from io import BytesIO
 from typing import Any, Literal
 
@@ -88,6 +90,11 @@ class AudioConfig(BaseModel):
     def feature_dim(self) -> int:
         """F, the number of feature rows audio_features returns."""
         return self.n_mels if self.feature == "log_mel" else self.n_mfcc
+
+    def n_frames(self, n_samples: int) -> int:
+        """T, the number of frames audio_features returns for a clip of n_samples: the centred frames
+        (n_fft // 2 zeros on each side) that start inside the clip."""
+        return 1 + (n_samples + 2 * (self.n_fft // 2) - self.n_fft) // self.hop_length
 
     @property
     def effective_f_max(self) -> float:
@@ -331,36 +338,80 @@ def _dct_matrix(n_out: int, n_in: int) -> torch.Tensor:
 def audio_features(waveform: npt.NDArray[np.floating[Any]] | torch.Tensor, cfg: AudioConfig) -> torch.Tensor:
     """Mono waveform (N,) at cfg.sample_rate -> float32 (F, T) log-mel (F = n_mels) or MFCC (F = n_mfcc).
 
-    T = 1 + N // hop_length (centred frames, zero-padded at the edges, so even one sample gives a frame).
+    T = cfg.n_frames(N) = 1 + N // hop_length for an even n_fft (centred frames, zero-padded at the edges, so even one sample gives a frame).
     With cfg.normalize, each row has zero mean and unit variance over time.
     """
-    x = torch.as_tensor(waveform).to(torch.float32)
-    if x.ndim != 1 or x.shape[0] == 0:
-        raise ValueError(f"expected a non-empty mono waveform (N,), got shape {tuple(x.shape)}")
-    window = torch.hann_window(cfg.win_length, dtype=torch.float32, device=x.device)
+    return audio_features_batch([waveform], cfg)[0]
+
+
+def audio_features_batch(
+    waveforms: Sequence[npt.NDArray[np.floating[Any]] | torch.Tensor], cfg: AudioConfig
+) -> list[torch.Tensor]:
+    """`audio_features` of several clips, computed together: one STFT, one mel projection, one
+    normalisation for clips of similar length instead of a dozen small ops per clip.
+
+    The clips are zero-padded to a common length. The STFT pads every clip with zeros at its edges anyway
+    (centred frames), so a clip's own frames read the same samples either way: the features equal
+    `audio_features` of each clip alone. Clips are sorted by length and grouped so that padding never more
+    than doubles a group's samples.
+    """
+    clips = [torch.as_tensor(w).to(torch.float32) for w in waveforms]
+    for x in clips:
+        if x.ndim != 1 or x.shape[0] == 0:
+            raise ValueError(f"expected a non-empty mono waveform (N,), got shape {tuple(x.shape)}")
+    features: list[torch.Tensor] = [torch.empty(0)] * len(clips)
+    for group in _similar_lengths([x.shape[0] for x in clips]):
+        for i, f in zip(group, _padded_features([clips[i] for i in group], cfg), strict=True):
+            features[i] = f
+    return features
+
+
+def _similar_lengths(lengths: Sequence[int]) -> list[list[int]]:
+    """Indices sorted by length, split where a clip is more than twice as long as its group's first."""
+    groups: list[list[int]] = []
+    for i in sorted(range(len(lengths)), key=lengths.__getitem__):
+        if not groups or lengths[i] > 2 * lengths[groups[-1][0]]:
+            groups.append([])
+        groups[-1].append(i)
+    return groups
+
+
+def _padded_features(clips: Sequence[torch.Tensor], cfg: AudioConfig) -> list[torch.Tensor]:
+    device = clips[0].device
+    waves = torch.nn.utils.rnn.pad_sequence(list(clips), batch_first=True)  # (B, N_max)
+    window = torch.hann_window(cfg.win_length, dtype=torch.float32, device=device)
     spec = torch.stft(
-        x,
+        waves,
         n_fft=cfg.n_fft,
         hop_length=cfg.hop_length,
         win_length=cfg.win_length,
         window=window,
         center=True,
-        pad_mode="constant",  # zeros: "reflect" needs N > n_fft / 2
+        pad_mode="constant",  # zeros: "reflect" needs N > n_fft / 2, and padding must read as silence
         return_complex=True,
-    )  # (n_fft // 2 + 1, T)
-    power = spec.real.square() + spec.imag.square()  # (K, T)
+    )  # (B, n_fft // 2 + 1, T_max)
+    power = spec.real.square() + spec.imag.square()  # (B, K, T_max)
     bank = _mel_filterbank_cached(cfg.n_fft, cfg.n_mels, cfg.sample_rate, cfg.f_min, cfg.effective_f_max)
-    features = torch.log(bank.to(x.device) @ power + 1e-6)  # (n_mels, T); 1e-6 floors silence at -13.8
+    log_mel = torch.log(bank.to(device) @ power + 1e-6)  # (B, n_mels, T_max); 1e-6 floors silence at -13.8
+    # float64 from here: a constant row (silence, one frame) must stay exactly constant through the DCT and
+    # the statistics, so that normalising makes it exactly 0 instead of rounding error over a tiny std.
+    features = log_mel.double()
     if cfg.feature == "mfcc":
-        features = _dct_matrix(cfg.n_mfcc, cfg.n_mels).to(x.device) @ features  # (n_mfcc, T)
+        features = (
+            _dct_matrix(cfg.n_mfcc, cfg.n_mels).to(device, torch.float64) @ features
+        )  # (B, n_mfcc, T_max)
+    frames = [cfg.n_frames(x.shape[0]) for x in clips]  # each clip's own T
     if cfg.normalize:
-        # float64 statistics: a constant row (silence, one frame) then has a mean exactly equal to its
-        # values, so it becomes exactly 0 instead of float32 rounding error divided by a tiny std.
-        wide = features.double()
-        mean = wide.mean(dim=1, keepdim=True)  # (F, 1)
-        std = wide.std(dim=1, keepdim=True, unbiased=False)  # (F, 1)
-        features = ((wide - mean) / std.clamp_min(1e-5)).to(torch.float32)
-    return features
+        # statistics over each clip's own frames, not the padding
+        own = torch.arange(features.shape[-1], device=device) < torch.tensor(frames, device=device)[:, None]
+        own = own[:, None, :]  # (B, 1, T_max)
+        count = own.sum(dim=-1, keepdim=True)  # (B, 1, 1)
+        mean = (features * own).sum(dim=-1, keepdim=True) / count  # (B, F, 1)
+        centred = (features - mean) * own
+        std = (centred.square().sum(dim=-1, keepdim=True) / count).sqrt()  # (B, F, 1), biased as before
+        features = centred / std.clamp_min(1e-5)
+    features = features.to(torch.float32)
+    return [f[:, :n] for f, n in zip(features.unbind(0), frames, strict=True)]
 
 
 # ----------------------------------------------------------------------------------------------------
@@ -399,17 +450,37 @@ def spec_augment(features: torch.Tensor, cfg: AudioAugmentConfig, generator: tor
     cfg.time_masks spans of 0..max_time_mask_frames columns set to 0 (the mean after normalisation).
 
     Widths are clamped to the feature size. Returns a new tensor; deterministic given `generator`; the
-    identity when cfg.enabled is False.
+    identity when cfg.enabled is False. The masks can be drawn before the features exist
+    (`draw_spec_masks`, from their shape) and applied after (`apply_spec_masks`).
     """
     if not cfg.enabled:
         return features
+    n_bins, n_frames = features.shape
+    return apply_spec_masks(features, draw_spec_masks(n_bins, n_frames, cfg, generator))
+
+
+@dataclass(frozen=True)
+class SpecMasks:
+    """The [start, stop) spans SpecAugment zeroes in (F, T) features: rows (frequency) and columns (time)."""
+
+    bins: tuple[tuple[int, int], ...]
+    frames: tuple[tuple[int, int], ...]
+
+
+def draw_spec_masks(
+    n_bins: int, n_frames: int, cfg: AudioAugmentConfig, generator: torch.Generator
+) -> SpecMasks:
+    bins = tuple(_random_span(n_bins, cfg.max_freq_mask_bins, generator) for _ in range(cfg.freq_masks))
+    frames = tuple(_random_span(n_frames, cfg.max_time_mask_frames, generator) for _ in range(cfg.time_masks))
+    return SpecMasks(bins, frames)
+
+
+def apply_spec_masks(features: torch.Tensor, masks: SpecMasks) -> torch.Tensor:
+    """(F, T) -> a new (F, T) with the masks' rows and columns set to 0."""
     out = features.clone()
-    n_bins, n_frames = out.shape
-    for _ in range(cfg.freq_masks):
-        start, stop = _random_span(n_bins, cfg.max_freq_mask_bins, generator)
+    for start, stop in masks.bins:
         out[start:stop, :] = 0.0
-    for _ in range(cfg.time_masks):
-        start, stop = _random_span(n_frames, cfg.max_time_mask_frames, generator)
+    for start, stop in masks.frames:
         out[:, start:stop] = 0.0
     return out
 

@@ -19,6 +19,7 @@ import math
 import struct
 import warnings
 from collections.abc import Sequence
+from dataclasses import dataclass
 from io import BytesIO
 from typing import Literal
 
@@ -371,6 +372,17 @@ def normalised_black(cfg: ImageConfig) -> tuple[float, ...]:
 # Augmentation
 
 
+@dataclass(frozen=True)
+class ImageAugmentDraw:
+    """One image's random augmentation, drawn apart from its application so that a batch of images is
+    resampled at once (`apply_image_augment`): one affine grid and one bilinear pass instead of one each.
+    """
+
+    # 2 x 3 affine, row-major, mapping output to input coordinates in affine_grid's normalised space
+    theta: tuple[float, float, float, float, float, float]
+    erase: tuple[int, int, int, int] | None  # (top, left, height, width) painted with the fill, or None
+
+
 def augment_image(
     image: torch.Tensor,
     cfg: ImageAugmentConfig,
@@ -384,39 +396,57 @@ def augment_image(
     from outside the image, and erased pixels, get `fill` (per channel, or one value): pass
     normalised_black(image_cfg) so they look like black before normalisation. Deterministic given
     `generator` (CPU); the identity when cfg.enabled is False. With erase_probability 0 the generator is
-    drawn exactly as before erasing existed, so earlier runs replay unchanged.
+    drawn exactly as before erasing existed, so earlier runs replay unchanged. A batch: draw each image's
+    augmentation with `draw_image_augment`, then `apply_image_augment` to all of them.
     """
     if not cfg.enabled:
         return image
-    channels, height, width = image.shape
+    _, height, width = image.shape
+    draw = draw_image_augment(height, width, cfg, generator)
+    return apply_image_augment(image.unsqueeze(0), [draw], fill)[0]
+
+
+def draw_image_augment(
+    height: int, width: int, cfg: ImageAugmentConfig, generator: torch.Generator
+) -> ImageAugmentDraw:
+    """The random part of `augment_image` for an H x W image: flip, rotation + shift, crop, then erasing,
+    drawn from `generator` in that order (the order every earlier version drew them in)."""
     flip = _flip_matrix(cfg, generator)
     rotate_shift = _rotate_shift_matrix(height, width, cfg, generator)
     crop = _crop_matrix(cfg, generator)
-    # Maps output coordinates to input coordinates in affine_grid's normalised space (x, y in [-1, 1]).
-    theta = (crop @ rotate_shift @ flip)[:2].unsqueeze(0).to(image)  # (1, 2, 3)
-    grid = F.affine_grid(theta, [1, channels, height, width], align_corners=False)  # (1, H, W, 2)
-    fill_value = torch.as_tensor(fill, dtype=image.dtype, device=image.device)
+    affine = _matmul3(_matmul3(crop, rotate_shift), flip)
+    erase = None
+    if cfg.erase_probability > 0.0 and _uniform(0.0, 1.0, generator) < cfg.erase_probability:
+        erase = _erase_rectangle(height, width, cfg, generator)
+    return ImageAugmentDraw(theta=(*affine[0], *affine[1]), erase=erase)
+
+
+def apply_image_augment(
+    images: torch.Tensor, draws: Sequence[ImageAugmentDraw], fill: float | Sequence[float] = 0.0
+) -> torch.Tensor:
+    """(B, C, H, W) images, one draw each -> (B, C, H, W) augmented (see `augment_image`)."""
+    batch, channels, height, width = images.shape
+    theta = torch.tensor([d.theta for d in draws], dtype=torch.float64).view(batch, 2, 3).to(images)
+    grid = F.affine_grid(theta, [batch, channels, height, width], align_corners=False)  # (B, H, W, 2)
+    fill_value = torch.as_tensor(fill, dtype=images.dtype, device=images.device)
     fill_value = fill_value.reshape(-1, 1, 1)  # (C, 1, 1) or (1, 1, 1)
     # grid_sample pads with zeros: shift by the fill so that zero padding means `fill`.
-    shifted = (image - fill_value).unsqueeze(0)  # (1, C, H, W)
+    shifted = images - fill_value  # (B, C, H, W)
     out = F.grid_sample(shifted, grid, mode="bilinear", padding_mode="zeros", align_corners=False)
-    out = out[0] + fill_value  # (C, H, W)
-    if cfg.erase_probability > 0.0 and _uniform(0.0, 1.0, generator) < cfg.erase_probability:
-        out = _erase_rectangle(out, cfg, generator, fill_value)
+    out = out + fill_value
+    for i, draw in enumerate(draws):
+        if draw.erase is not None:
+            top, left, erase_h, erase_w = draw.erase
+            out[i, :, top : top + erase_h, left : left + erase_w] = fill_value
     return out
 
 
 def _erase_rectangle(
-    image: torch.Tensor,
-    cfg: ImageAugmentConfig,
-    generator: torch.Generator,
-    fill_value: torch.Tensor,
-    attempts: int = 10,
-) -> torch.Tensor:
-    """Paint one random rectangle of (C, H, W) `image` with fill_value (C or 1, 1, 1): area from
-    erase_scale, aspect from erase_ratio, as torchvision's RandomErasing. If no drawn rectangle fits in
-    `attempts` tries (tiny images), the image is returned unchanged."""
-    _, height, width = image.shape
+    height: int, width: int, cfg: ImageAugmentConfig, generator: torch.Generator, attempts: int = 10
+) -> tuple[int, int, int, int] | None:
+    """One random rectangle (top, left, height, width) of an H x W image: area from erase_scale, aspect
+    from erase_ratio, as torchvision's RandomErasing. None if no drawn rectangle fits in `attempts` tries
+    (tiny images): the image stays as it is."""
     log_low, log_high = math.log(cfg.erase_ratio[0]), math.log(cfg.erase_ratio[1])
     for _ in range(attempts):
         area = _uniform(*cfg.erase_scale, generator) * height * width  # in pixels
@@ -425,25 +455,40 @@ def _erase_rectangle(
         if 0 < erase_h <= height and 0 < erase_w <= width:
             top = int(torch.randint(0, height - erase_h + 1, (), generator=generator))
             left = int(torch.randint(0, width - erase_w + 1, (), generator=generator))
-            erased = image.clone()
-            erased[:, top : top + erase_h, left : left + erase_w] = fill_value
-            return erased
-    return image
+            return top, left, erase_h, erase_w
+    return None
 
 
 def _uniform(low: float, high: float, generator: torch.Generator) -> float:
     return low + (high - low) * float(torch.rand((), generator=generator, dtype=torch.float64))
 
 
-def _flip_matrix(cfg: ImageAugmentConfig, generator: torch.Generator) -> torch.Tensor:
+# 3 x 3 affine maps in normalised coordinates, as rows of Python floats (float64): a handful per image,
+# far cheaper than building and multiplying tensors.
+Matrix3 = tuple[tuple[float, float, float], tuple[float, float, float], tuple[float, float, float]]
+_IDENTITY: Matrix3 = ((1.0, 0.0, 0.0), (0.0, 1.0, 0.0), (0.0, 0.0, 1.0))
+
+
+def _matmul3(a: Matrix3, b: Matrix3) -> Matrix3:
+    def row(r: tuple[float, float, float]) -> tuple[float, float, float]:
+        return (
+            r[0] * b[0][0] + r[1] * b[1][0] + r[2] * b[2][0],
+            r[0] * b[0][1] + r[1] * b[1][1] + r[2] * b[2][1],
+            r[0] * b[0][2] + r[1] * b[1][2] + r[2] * b[2][2],
+        )
+
+    return (row(a[0]), row(a[1]), row(a[2]))
+
+
+def _flip_matrix(cfg: ImageAugmentConfig, generator: torch.Generator) -> Matrix3:
     flip = cfg.horizontal_flip and _uniform(0.0, 1.0, generator) < 0.5
-    return torch.diag(torch.tensor([-1.0 if flip else 1.0, 1.0, 1.0], dtype=torch.float64))  # (3, 3)
+    return ((-1.0 if flip else 1.0, 0.0, 0.0), (0.0, 1.0, 0.0), (0.0, 0.0, 1.0))
 
 
 def _rotate_shift_matrix(
     height: int, width: int, cfg: ImageAugmentConfig, generator: torch.Generator
-) -> torch.Tensor:
-    """Rotation about the centre plus a shift, in normalised coordinates (3, 3).
+) -> Matrix3:
+    """Rotation about the centre plus a shift, in normalised coordinates.
 
     Normalised x and y have different pixel lengths when H != W, so the rotation is done in pixel-scaled
     coordinates: S^-1 R S with S = diag(W, H).
@@ -452,19 +497,16 @@ def _rotate_shift_matrix(
     shift_x = 2.0 * _uniform(-cfg.max_translate, cfg.max_translate, generator)  # the image spans 2 units
     shift_y = 2.0 * _uniform(-cfg.max_translate, cfg.max_translate, generator)
     cos, sin = math.cos(angle), math.sin(angle)
-    return torch.tensor(
-        [
-            [cos, -sin * height / width, shift_x],
-            [sin * width / height, cos, shift_y],
-            [0.0, 0.0, 1.0],
-        ],
-        dtype=torch.float64,
+    return (
+        (cos, -sin * height / width, shift_x),
+        (sin * width / height, cos, shift_y),
+        (0.0, 0.0, 1.0),
     )
 
 
-def _crop_matrix(cfg: ImageAugmentConfig, generator: torch.Generator, attempts: int = 10) -> torch.Tensor:
+def _crop_matrix(cfg: ImageAugmentConfig, generator: torch.Generator, attempts: int = 10) -> Matrix3:
     """A random crop (area fraction from crop_scale, aspect change from crop_ratio) stretched to the full
-    output, as a (3, 3) normalised-coordinate map. Like torchvision's RandomResizedCrop, but the ratio is
+    output, in normalised coordinates. Like torchvision's RandomResizedCrop, but the ratio is
     relative to the image's own aspect, so non-square images crop as readily as square ones; after
     `attempts` crops that do not fit, the whole image is used."""
     log_low, log_high = math.log(cfg.crop_ratio[0]), math.log(cfg.crop_ratio[1])
@@ -476,7 +518,5 @@ def _crop_matrix(cfg: ImageAugmentConfig, generator: torch.Generator, attempts: 
             # centre anywhere that keeps the crop inside the image
             centre_x = _uniform(-1.0, 1.0, generator) * (1.0 - crop_w)
             centre_y = _uniform(-1.0, 1.0, generator) * (1.0 - crop_h)
-            return torch.tensor(
-                [[crop_w, 0.0, centre_x], [0.0, crop_h, centre_y], [0.0, 0.0, 1.0]], dtype=torch.float64
-            )
-    return torch.eye(3, dtype=torch.float64)
+            return ((crop_w, 0.0, centre_x), (0.0, crop_h, centre_y), (0.0, 0.0, 1.0))
+    return _IDENTITY
