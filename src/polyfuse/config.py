@@ -162,12 +162,21 @@ class TrainingConfig(BaseModel):
         description="with group_by_length: rows are sorted by length within random groups of this many "
         "batches; fewer gives batches less tied to length (where length follows the label) but more padding",
     )
+    trim_heap_on_growth: float | None = Field(
+        0.05,
+        gt=0.0,
+        description="on Linux (glibc), give malloc's free pages back to the system at the end of a training "
+        "step when the process's resident memory is more than this fraction above its highest at a step's "
+        "end in the first epoch: activations of changing shapes then do not pile up in the heap (an fp32 "
+        "AV-Digits run grows to 1.32-1.35 GB without), and runs whose heap does not grow pay nothing; null "
+        "never",
+    )
     trim_heap_every_n_steps: int | None = Field(
-        4,
+        None,
         ge=1,
         description="on Linux (glibc), give malloc's free pages back to the system every this many training "
-        "steps, so activations of changing shapes do not pile up in the heap: with 4 the default AV-Digits "
-        "run peaks at 1.18-1.28 instead of 1.32-1.35 GB for 6 % more time; null never trims",
+        "steps, whether or not the heap grew (the default before trim_heap_on_growth: 4; each trim costs the "
+        "next step faulting its pages in again, 7-12 % of the time with 4); null: not on a fixed cadence",
     )
     mmap_threshold_mb: float | None = Field(
         None,

@@ -9,6 +9,7 @@ import textwrap
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import pytest
 
 pytestmark = pytest.mark.skipif(not sys.platform.startswith("linux"), reason="glibc malloc")
@@ -76,10 +77,12 @@ def test_release_free_heap_calls_glibc() -> None:
     assert release_free_heap() is True
 
 
-def test_training_trims_the_heap_every_n_steps(
+def test_training_trims_the_heap_when_it_grows_or_every_n_steps(
     synthetic_table: Path, small_config: Any, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    """`training.trim_heap_every_n_steps` (default 4) releases the heap on every n-th step; null never."""
+    """By default (`training.trim_heap_on_growth: 0.05`) the heap is trimmed only at steps whose resident
+    memory has grown past the first epoch's; `trim_heap_every_n_steps: n` trims every n-th step; both null:
+    never."""
     import lightning as L
 
     from polyfuse.training import memory, run
@@ -93,11 +96,30 @@ def test_training_trims_the_heap_every_n_steps(
     trims: list[int] = []
     monkeypatch.setattr(memory, "release_free_heap", lambda: trims.append(1) or True)
     config = small_config(synthetic_table, tmp_path / "config.yaml", epochs=3)
-    assert config.training.trim_heap_every_n_steps == 4
-    run.train(config, tmp_path / "run", show_progress=False, log=lambda *_: None, callbacks=[CountSteps()])
+    assert config.training.trim_heap_on_growth == 0.05 and config.training.trim_heap_every_n_steps is None
+    resident = (1_000.0 * 1.1**k for k in range(10_000))  # 10 % a step: past 5 % at every step
+    monkeypatch.setattr(memory, "resident_mb", lambda: next(resident))
+    run.train(config, tmp_path / "grows", show_progress=False, log=lambda *_: None, callbacks=[CountSteps()])
+    steps_per_epoch = CountSteps.steps // 3
+    # epochs 1 and 2: a trim, then the next step rebases the reference, then a trim again ...
+    assert len(trims) == (2 * steps_per_epoch + 1) // 2
+    trims.clear()
+    monkeypatch.setattr(memory, "resident_mb", lambda: 1_000.0)  # flat: never trimmed
+    run.train(config, tmp_path / "flat", show_progress=False, log=lambda *_: None)
+    assert trims == []
+
+    every_4 = config.training.model_copy(update={"trim_heap_every_n_steps": 4, "trim_heap_on_growth": None})
+    run.train(
+        config.model_copy(update={"training": every_4}),
+        tmp_path / "every",
+        show_progress=False,
+        log=lambda *_: None,
+        callbacks=[CountSteps()],
+    )
     assert CountSteps.steps >= 4 and len(trims) == CountSteps.steps // 4
     trims.clear()
-    never = config.training.model_copy(update={"trim_heap_every_n_steps": None})
+    never = config.training.model_copy(update={"trim_heap_on_growth": None})
+    monkeypatch.setattr(memory, "resident_mb", lambda: next(resident))
     run.train(
         config.model_copy(update={"training": never}),
         tmp_path / "never",
@@ -105,6 +127,35 @@ def test_training_trims_the_heap_every_n_steps(
         log=lambda *_: None,
     )
     assert trims == []
+
+
+def test_heap_trim_on_growth_follows_what_a_step_needs(monkeypatch: pytest.MonkeyPatch) -> None:
+    """The reference is the first epoch's highest step end; after a trim, the next step end may raise it
+    (the memory a step needs grew), so a run is not trimmed at every step from then on."""
+    from types import SimpleNamespace
+
+    from polyfuse.training import memory
+
+    trims: list[int] = []
+    monkeypatch.setattr(memory, "release_free_heap", lambda: trims.append(1) or True)
+    readings = iter([800.0, 900.0, 850.0, 940.0, 946.0, 1_000.0, 1_010.0, 1_020.0, 1_100.0, 960.0, 1_020.0])
+    callback = memory.HeapTrimOnGrowth(0.05, read_resident_mb=lambda: next(readings))
+    for epoch in [0, 0, 0, 1, 1, 1, 1, 1, 1, 1, 1]:
+        callback.on_train_batch_end(SimpleNamespace(current_epoch=epoch))  # type: ignore[arg-type]
+    # reference 900 -> threshold 945: 940 kept, 946 trimmed, 1000 becomes the reference (threshold 1050),
+    # 1010 and 1020 kept, 1100 trimmed, 960 after it does not lower the reference, 1020 kept
+    assert len(trims) == 2 and callback.trims == 2 and callback.reference == 1_000.0
+
+
+def test_resident_memory_is_read_on_linux() -> None:
+    from polyfuse.training.memory import resident_mb
+
+    resident = resident_mb()
+    assert resident is not None and 10 < resident < 100_000
+    grown = np.ones(50 * 2**20 // 8)  # 50 MiB touched
+    after = resident_mb()
+    assert after is not None and after - resident > 40
+    del grown
 
 
 def test_heap_trim_once_per_optimizer_step_under_gradient_accumulation(

@@ -45,7 +45,7 @@ from polyfuse.models.model import (
 )
 from polyfuse.training.data import make_loader
 from polyfuse.training.init_from import init_from
-from polyfuse.training.memory import HeapTrim, map_large_allocations
+from polyfuse.training.memory import HeapTrim, HeapTrimOnGrowth, map_large_allocations
 from polyfuse.training.precision import resolve_precision
 
 CHECKPOINTS = "checkpoints"
@@ -176,6 +176,8 @@ def train(
         # Swaps the average in for validation, so `monitor`, best.ckpt's "state_dict" and the saved model
         # are the averaged weights; the live weights ride along in the checkpoint for an exact --resume.
         trainer_callbacks.append(EMAWeightAveraging(decay=training.ema_decay))
+    if training.trim_heap_on_growth is not None:
+        trainer_callbacks.append(HeapTrimOnGrowth(training.trim_heap_on_growth))
     if training.trim_heap_every_n_steps is not None:
         trainer_callbacks.append(HeapTrim(training.trim_heap_every_n_steps))
     if show_progress:
