@@ -62,7 +62,7 @@ class MultimodalDataset(Dataset[dict[str, Any]]):
         seed: int = 0,
         with_targets: bool = True,
     ) -> None:
-        self.rows = [{str(k): v for k, v in r.items()} for r in table.frame.to_dict("records")]
+        self.rows = table.records()
         self.base_dir = table.base_dir
         self.allow_base64 = table.from_python
         self.allow_paths = table.media_paths

@@ -20,6 +20,7 @@ from polyfuse.data.schema import Modality, Role, TableSchema
 from polyfuse.data.splits import SplitConfig, assign_splits
 from polyfuse.data.table import Table, read_table
 from polyfuse.data.validate import DEFAULT_FILE_TIME_LIMIT_S, ValidationReport, check_ids, validate_rows
+from polyfuse.gc_freeze import long_lived_objects_frozen
 from polyfuse.progress import progress_bar
 
 SplitName = Literal["train", "val", "test"]
@@ -151,7 +152,10 @@ def prepare_data(
     )
     report = ValidationReport(problems=problems)
     if validate:
-        with progress_bar("validating and featurising", total=len(table), enabled=show_progress) as advance:
+        with (
+            progress_bar("validating and featurising", total=len(table), enabled=show_progress) as advance,
+            long_lived_objects_frozen(),
+        ):
             rows_report = validate_rows(
                 table,
                 preprocessor,

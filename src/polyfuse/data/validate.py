@@ -72,7 +72,7 @@ def validate_rows(
     are checked here; the others are decoded on N processes, each file stopped after `file_time_limit_s`
     and reported as its row's problem (see polyfuse.data.decode_pool).
     """
-    records = [{str(k): v for k, v in r.items()} for r in table.frame.to_dict("records")]
+    records = table.records()
     check = partial(
         check_row, base_dir=table.base_dir, allow_base64=table.from_python, check_targets=check_targets
     )

@@ -35,6 +35,7 @@ from polyfuse.data.prepare import PreparedData, effective_split, prepare_data
 from polyfuse.data.preprocess import Preprocessor
 from polyfuse.data.splits import empty_split_problems
 from polyfuse.evaluation.evaluate import calibrate_objectives, fit_objectives_to_trained, score_objectives
+from polyfuse.gc_freeze import long_lived_objects_frozen
 from polyfuse.init_config import check_config
 from polyfuse.models.model import (
     MultimodalModel,
@@ -263,7 +264,8 @@ def train(
         },
     )
     fit_start = time.perf_counter()
-    trainer.fit(module, train_loader, val_loader, ckpt_path=str(resume_from) if resume_from else None)
+    with long_lived_objects_frozen():  # the model, data and imports: no full collection walks them each time
+        trainer.fit(module, train_loader, val_loader, ckpt_path=str(resume_from) if resume_from else None)
     fit_seconds = time.perf_counter() - fit_start
     if not trainer.is_global_zero:
         # Every rank has the same weights; rank 0 alone evaluates and writes the model directory.
