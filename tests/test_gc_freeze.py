@@ -43,17 +43,26 @@ def test_frozen_only_inside_the_outermost_block_and_cycles_collected_after() -> 
 def test_training_fits_with_the_setup_frozen(
     synthetic_table: Path, small_config: Any, tmp_path: Path
 ) -> None:
+    """Inside trainer.fit the setup is frozen out of full collections, and torch's deterministic mode does
+    not fill new tensors' memory; both are as before once train returns."""
     import lightning as L
+    import torch
+    import torch.utils.deterministic
 
     from polyfuse.training.run import train
 
     seen: list[int] = []
+    filled: list[bool] = []
 
     class FreezeCount(L.Callback):
         def on_train_batch_end(self, *args: Any, **kwargs: Any) -> None:
             seen.append(gc.get_freeze_count())
+            filled.append(torch.utils.deterministic.fill_uninitialized_memory)  # type: ignore[attr-defined]
+            assert torch.are_deterministic_algorithms_enabled()  # training.deterministic: true
 
     config = small_config(synthetic_table, tmp_path / "config.yaml", epochs=1)
     train(config, tmp_path / "run", show_progress=False, log=lambda *_: None, callbacks=[FreezeCount()])
     assert seen and min(seen) > 10_000  # the imports, the model and the data
     assert gc.get_freeze_count() == 0
+    assert filled and not any(filled)
+    assert torch.utils.deterministic.fill_uninitialized_memory  # type: ignore[attr-defined]
