@@ -18,6 +18,7 @@ racily-clean index entries.
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import json
 import os
@@ -110,6 +111,7 @@ class FeatureCache:
         return FeatureCache._entry_key(content_digest(content), params_key).hex()
 
     @staticmethod
+    @functools.lru_cache(maxsize=1 << 16)  # every epoch looks up the same files again
     def _entry_key(digest: str, params_key: str) -> bytes:
         return hashlib.blake2b(f"{digest}:{params_key}".encode(), digest_size=20).digest()
 
