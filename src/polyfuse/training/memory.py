@@ -107,7 +107,6 @@ class HeapTrimOnGrowth(L.Callback):
         self.growth = growth
         self.read_resident_mb = read_resident_mb  # None: resident_mb
         self.reference = 0.0
-        self.trims = 0
         self._rebase = False
 
     def on_train_batch_end(self, trainer: L.Trainer, *args: Any, **kwargs: Any) -> None:
@@ -119,5 +118,4 @@ class HeapTrimOnGrowth(L.Callback):
             self._rebase = False
             return
         if resident > self.reference * (1.0 + self.growth) and release_free_heap():
-            self.trims += 1
             self._rebase = True

@@ -338,7 +338,8 @@ def _dct_matrix(n_out: int, n_in: int) -> torch.Tensor:
 def audio_features(waveform: npt.NDArray[np.floating[Any]] | torch.Tensor, cfg: AudioConfig) -> torch.Tensor:
     """Mono waveform (N,) at cfg.sample_rate -> float32 (F, T) log-mel (F = n_mels) or MFCC (F = n_mfcc).
 
-    T = cfg.n_frames(N) = 1 + N // hop_length for an even n_fft (centred frames, zero-padded at the edges, so even one sample gives a frame).
+    T = cfg.n_frames(N), 1 + N // hop_length for an even n_fft (centred frames, zero-padded at the edges,
+    so even one sample gives a frame).
     With cfg.normalize, each row has zero mean and unit variance over time.
     """
     return audio_features_batch([waveform], cfg)[0]
