@@ -73,6 +73,21 @@ def test_unchanged_files_are_not_read_and_an_edited_one_costs_only_itself(tmp_pa
     np.testing.assert_array_equal(values[2], np.frombuffer(b"edited in place", dtype=np.uint8))
 
 
+def test_has_source_needs_every_key_stored_and_the_file_unchanged(tmp_path: Path) -> None:
+    """Validation skips a file only when every entry it would fill is stored for the file as it is now."""
+    other = params_digest({"kind": "other"})
+    path = _settled(tmp_path / "a.bin", b"abcd")
+    with (writer := FeatureCache(tmp_path / "cache")).batch_writes():
+        Reads().fetch(writer, path)
+    reader = FeatureCache(tmp_path / "cache")
+    assert reader.has_source(path, (KEY,))
+    assert not reader.has_source(path, (KEY, other))  # one of the two entries is missing
+    assert not reader.has_source(tmp_path / "never-seen.bin", (KEY,))
+    _settled(path, b"abce", age_s=1800)  # same size, new content and mtime
+    assert not FeatureCache(tmp_path / "cache").has_source(path, (KEY,))
+    assert not FeatureCache(None).has_source(path, (KEY,))
+
+
 def test_a_file_written_just_now_is_read_again_until_it_settles(tmp_path: Path) -> None:
     """Within one timestamp tick an edit can keep size and mtime: such a record is never trusted."""
     path = tmp_path / "fresh.bin"
@@ -174,6 +189,27 @@ def test_an_edited_image_invalidates_only_its_row(image_table: Path) -> None:
     dataset = MultimodalDataset(again.table, again.preprocessor)
     assert dataset[5]["inputs"]["photo"].max() > dataset[4]["inputs"]["photo"].max()
     assert again.preprocessor.cache.misses == 1  # the epoch reads the store, it decodes nothing
+
+
+def test_a_second_validation_answers_from_the_records_alone(
+    image_table: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A run over a table validated before neither reads its unchanged files nor views their entries; an
+    edited file still goes the whole way (and is the only one that does)."""
+    prepare_data(image_config(image_table), show_progress=False)
+    Image.fromarray(np.full((12, 12), 255, dtype=np.uint8)).save(image_table / "media" / "7.png")
+    os.utime(image_table / "media" / "7.png", ns=(HOUR_AGO_NS + 10**9, HOUR_AGO_NS + 10**9))
+    fetched: list[object] = []
+    fetch_source = FeatureCache.fetch_source
+
+    def counting(self: FeatureCache, source: object, *args: object, **kwargs: object) -> np.ndarray:
+        fetched.append(source)
+        return fetch_source(self, source, *args, **kwargs)  # type: ignore[arg-type]
+
+    monkeypatch.setattr(FeatureCache, "fetch_source", counting)
+    again = prepare_data(image_config(image_table), show_progress=False)
+    assert fetched == [image_table / "media" / "7.png"] * len(fetched) and fetched
+    assert again.preprocessor.cache.misses == 1 and again.report.rows_checked == 24
 
 
 def test_dataloader_workers_read_the_store_concurrently(image_table: Path) -> None:

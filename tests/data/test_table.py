@@ -2,12 +2,13 @@ import base64
 import json
 from pathlib import Path
 
+import numpy as np
 import pandas as pd
 import pytest
 
 from polyfuse.data.errors import DataError, MediaError
 from polyfuse.data.media import is_missing, resolve_media
-from polyfuse.data.table import read_table
+from polyfuse.data.table import Table, read_table
 
 ROWS = [
     {"id": 1, "text": "a cat", "image": "img/a.png", "score": 1.5},
@@ -70,3 +71,50 @@ def test_resolve_media_paths_bytes_base64_and_urls(tmp_path: Path) -> None:
     for url in ["http://169.254.169.254/latest/meta-data/", "file:///etc/passwd", "gopher://x"]:
         with pytest.raises(MediaError, match="URLs are not accepted"):
             resolve_media(url, tmp_path)
+
+
+def _same_value(expected: object, got: object) -> bool:
+    if type(expected) is not type(got):
+        return False
+    if expected is pd.NaT or (isinstance(expected, float) and expected != expected):  # NaT, NaN
+        return got is pd.NaT or got != got
+    return bool(expected == got) if not isinstance(expected, list) else expected == got
+
+
+@pytest.mark.parametrize(
+    "frame",
+    [
+        pd.DataFrame(
+            {"a": [1, 2, 3], "b": [1.5, float("nan"), 2.0], "c": ["x", None, "z"], "d": [True, False, True]}
+        ),
+        pd.DataFrame(
+            {
+                "a": pd.array([1, None, 3], dtype="Int64"),
+                "b": pd.array([1.0, None, 2.5], dtype="Float64"),
+                "c": pd.array(["x", None, "y"], dtype="string"),
+                "d": pd.array([True, None, False], dtype="boolean"),
+            }
+        ),
+        pd.DataFrame(
+            {
+                "o": [np.int64(3), np.float32(2.5), "s"],
+                "labels": [[1, 2], ["a"], []],
+                "t": pd.to_datetime(["2020-01-01", None, "2021-02-02"]),
+                "cat": pd.Categorical(["u", "v", None]),
+                "when": [np.datetime64("2020-01-01"), np.timedelta64(3, "s"), np.bool_(True)],
+                "text": [np.str_("a"), np.complex128(1j), None],
+            }
+        ),
+        pd.DataFrame({1: [1, 2], "1": [3, 4]}),  # column names that are the same as str: the last wins
+    ],
+)
+def test_records_hold_the_values_to_dict_gives(frame: pd.DataFrame) -> None:
+    """Table.records builds rows column by column for speed; every value must be what pandas' own
+    to_dict("records") gives (its type too: numpy scalars unboxed, pd.NA as None, NaN kept)."""
+    expected = [{str(k): v for k, v in row.items()} for row in frame.to_dict("records")]
+    got = Table(frame).records()
+    assert len(got) == len(expected)
+    for want, have in zip(expected, got, strict=True):
+        assert list(want) == list(have)
+        for column in want:
+            assert _same_value(want[column], have[column]), (column, want[column], have[column])

@@ -153,23 +153,37 @@ class FeatureCache:
         for i, key in enumerate(pack.keys):
             self._index.setdefault(key, (pack, i))
 
-    def _lookup(self, key: bytes) -> np.ndarray | None:
-        """A read-only view of the entry, or None."""
+    def _has(self, key: bytes) -> bool:
+        """Whether the entry is stored (or waiting to be), looking for other processes' new packs on a miss."""
         if self._scanned_at < 0:
             self.refresh()
+        if key in self._index or key in self._pending.arrays:
+            return True
+        if time.monotonic() - self._scanned_at < RESCAN_S:
+            return False
+        self.refresh()
+        return key in self._index
+
+    def _lookup(self, key: bytes) -> np.ndarray | None:
+        """A read-only view of the entry, or None."""
+        if not self._has(key):
+            return None
         found = self._index.get(key)
         if found is None:
-            pending = self._pending.arrays.get(key)
-            if pending is not None:
-                return pending
-            if time.monotonic() - self._scanned_at < RESCAN_S:
-                return None
-            self.refresh()
-            found = self._index.get(key)
-            if found is None:
-                return None
+            return self._pending.arrays[key]
         pack, index = found
         return pack.entry(index)
+
+    def has_source(self, source: Path, params_keys: tuple[str, ...]) -> bool:
+        """Whether the file, recorded unchanged, has an entry stored for every one of `params_keys`.
+
+        Validation's question about a file a previous run checked: answered from the records and the
+        index alone, without reading the file or viewing an entry.
+        """
+        if self.directory is None:
+            return False
+        digest = self._recorded_digest(source)
+        return digest is not None and all(self._has(self._entry_key(digest, k)) for k in params_keys)
 
     def get(self, key: str) -> np.ndarray | None:
         """The entry named by `key` (from `FeatureCache.key`) as a writable copy, or None."""

@@ -170,6 +170,24 @@ class Preprocessor:
             for name, spec in state.pretrained.items()
             if spec.family != "text"
         }
+        augment = cfg.audio.augment
+        # Gain and noise act on the waveform, so they need the decoded wave rather than cached features.
+        self._wave_augment = augment.enabled and (
+            augment.noise_probability > 0 or augment.gain_db != (0.0, 0.0)
+        )
+        # What validation stores per media input: everything training then reads from the cache.
+        self._checked_keys = {
+            name: self._stored_keys(name, modality)
+            for name, modality in self.inputs.items()
+            if modality in (Modality.IMAGE, Modality.AUDIO)
+        }
+
+    def _stored_keys(self, name: str, modality: Modality) -> tuple[str, ...]:
+        if name in self._pretrained_keys:
+            return (self._pretrained_keys[name],)
+        if modality is Modality.IMAGE:
+            return (self._image_key,)
+        return (self._wave_key, self._audio_key) if self._wave_augment else (self._audio_key,)
 
     # --- fitting and persistence -------------------------------------------------------------------
     @classmethod
@@ -347,6 +365,12 @@ class Preprocessor:
         source = resolve_media(cell, base_dir, allow_base64=allow_base64, allow_paths=allow_paths)
         if source is None:
             return None
+        if (
+            media.check
+            and isinstance(source, Path)
+            and self.cache.has_source(source, self._checked_keys[name])
+        ):
+            return CHECKED  # checked by an earlier run and unchanged since: every entry it fills is stored
         if name in self.state.pretrained:
             return self._pretrained(name, source, media)
         generator = media.generator
@@ -368,11 +392,9 @@ class Preprocessor:
             return image
         max_bytes = cfg.audio.max_file_bytes
         augment = cfg.audio.augment
-        # Gain and noise act on the waveform, so they need the decoded wave rather than cached features.
-        wave_augment = augment.enabled and (augment.noise_probability > 0 or augment.gain_db != (0.0, 0.0))
         if media.check:
             # Validation fills what training reads: the wave too when augmentation starts from it.
-            if wave_augment:
+            if self._wave_augment:
                 wave = self._cached(
                     source, max_bytes, self._wave_key, lambda c: decode_audio(c, cfg.audio), media
                 )
@@ -386,7 +408,7 @@ class Preprocessor:
             else:
                 self._cached(source, max_bytes, self._audio_key, lambda c: _log_mel(c, cfg.audio), media)
             return CHECKED
-        if generator is not None and wave_augment:
+        if generator is not None and self._wave_augment:
             wave = self._cached(
                 source, max_bytes, self._wave_key, lambda c: decode_audio(c, cfg.audio), media
             )
@@ -430,11 +452,7 @@ class Preprocessor:
         # decoded and resampled to the extractor's rate, whatever audio.sample_rate says
         audio_cfg = cfg.audio.model_copy(update={"sample_rate": sampling_rate(spec), "f_max": None})
         augment = cfg.audio.augment
-        if (
-            generator is not None
-            and augment.enabled
-            and (augment.noise_probability > 0 or augment.gain_db != (0.0, 0.0))
-        ):
+        if generator is not None and self._wave_augment:
             # Gain and noise act on the waveform, before the extractor; SpecAugment is polyfuse's own
             # log-mel augmentation and is not applied to a backbone's features.
             content = read_source_bytes(source, cfg.audio.max_file_bytes)

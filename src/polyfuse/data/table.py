@@ -8,7 +8,9 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import pandas as pd
+from pandas.api.extensions import ExtensionDtype
 
 from polyfuse.data.errors import DataError, Problem
 
@@ -43,11 +45,28 @@ class Table:
     _records: list[dict[str, Any]] | None = field(default=None, init=False, repr=False, compare=False)
 
     def records(self) -> list[dict[str, Any]]:
-        """The rows as dicts keyed by column name (str), made once per table (pandas takes ~20 ms per 3,000
-        rows): validation and the datasets read the same dicts. Read-only, as the frame is."""
+        """The rows as dicts keyed by column name (str), made once per table: validation and the datasets
+        read the same dicts. Read-only, as the frame is.
+
+        The values are `frame.to_dict("records")`'s (Python scalars where pandas boxes them), built column
+        by column: 2 ms per 3,000 rows of AV-Digits where `to_dict` takes 16 ms.
+        """
         if self._records is None:
-            self._records = [{str(k): v for k, v in r.items()} for r in self.frame.to_dict("records")]
+            names = [str(c) for c in self.frame.columns]
+            columns = [self._column_values(i) for i in range(len(names))]
+            self._records = [dict(zip(names, row, strict=True)) for row in zip(*columns, strict=True)]
         return self._records
+
+    def _column_values(self, position: int) -> list[Any]:
+        column = self.frame.iloc[:, position]
+        dtype = column.dtype
+        # pandas' default text dtype holds only str and NaN, which to_dict leaves as they are
+        plain_text = isinstance(dtype, pd.StringDtype) and dtype.na_value is not pd.NA
+        if (dtype == np.dtype(object) or isinstance(dtype, ExtensionDtype)) and not plain_text:
+            # as to_dict does: the values as iterated (numpy's tolist would turn a timedelta64 in an object
+            # column into a datetime.timedelta), numpy scalars made Python ones, pd.NA made None
+            return [_python_scalar(v) for v in column]
+        return column.tolist()  # numpy columns: Python scalars, as to_dict gives
 
     @property
     def from_python(self) -> bool:
@@ -65,6 +84,19 @@ class Table:
         if self._records is not None:
             part._records = [self._records[i] for i in positions]
         return part
+
+
+def _python_scalar(value: Any) -> Any:
+    """What pandas' to_dict makes of a value in an object or extension column (its maybe_box_native)."""
+    if value is pd.NA:
+        return None
+    if isinstance(value, np.datetime64):
+        return pd.Timestamp(value)
+    if isinstance(value, np.timedelta64):  # before np.integer: numpy counts it as one
+        return pd.Timedelta(value)
+    if isinstance(value, np.integer | np.floating | np.bool_):
+        return value.item()
+    return value
 
 
 def read_table(
