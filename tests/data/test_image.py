@@ -27,6 +27,7 @@ from polyfuse.data.modalities.image import (
     decode_image,
     draw_image_augment,
     image_to_tensor,
+    images_to_tensor,
     normalised_black,
 )
 
@@ -272,6 +273,16 @@ def test_image_to_tensor_normalises_per_channel() -> None:
     assert x.shape == (1, 2, 2) and x[0, 0, 1] == 1.0 and x[0, 0, 0] == -1.0
     with pytest.raises(ValueError, match="expected pixels"):
         image_to_tensor(pixels, grey)
+
+
+def test_a_batch_of_pixels_becomes_the_tensors_each_image_would() -> None:
+    cfg = cfg_for("RGB", (5, 4), mean=(0.1, 0.5, 0.9), std=(0.3, 0.5, 0.25))
+    pixels = np.random.default_rng(0).integers(0, 256, size=(6, 5, 4, 3), dtype=np.uint8)
+    batch = images_to_tensor(pixels, cfg)
+    assert batch.shape == (6, 3, 5, 4) and batch.is_contiguous()
+    assert torch.equal(batch, torch.stack([image_to_tensor(p, cfg) for p in pixels]))
+    with pytest.raises(ValueError, match="expected pixels"):
+        images_to_tensor(pixels[0], cfg)
 
 
 # ---------------------------------------------------------------------------------------------------

@@ -315,6 +315,28 @@ def test_a_batch_is_read_on_one_thread_with_the_same_samples(
         assert torch.equal(batch.inputs[name].values, one_by_one.inputs[name].values)
 
 
+def test_unaugmented_and_mixed_batches_read_as_row_by_row(table_dir: Path, tmp_path: Path) -> None:
+    """Images of a batch are normalised together (and only the drawn ones warped): bitwise what each row
+    read alone gives, for a dataset without augmentation and for a batch mixing drawn and undrawn rows."""
+    prepared = prepare_data(_config(table_dir / "table.csv", tmp_path / "cache"), show_progress=False)
+    plain = MultimodalDataset(prepared.split("train"), prepared.preprocessor)
+    augmented = MultimodalDataset(prepared.split("train"), prepared.preprocessor, augment=True, seed=5)
+    collate = make_collate(prepared.preprocessor)
+    rows = [0, 1, 2, 4, 5, 6]  # row 3 has no image
+    assert torch.equal(
+        collate(plain.__getitems__(rows)).inputs["photo"].values,
+        collate([plain[i] for i in rows]).inputs["photo"].values,
+    )
+    mixed = [(augmented if i % 2 else plain)._item(i, defer_augmentation=True)["inputs"] for i in rows]
+    drawn = [type(m["photo"]).__name__ == "DeferredImage" and m["photo"].draw is not None for m in mixed]
+    assert drawn == [False, True, False, False, True, False]
+    prepared.preprocessor.apply_deferred(mixed)
+    for k, i in enumerate(rows):
+        alone = (augmented if i % 2 else plain)[i]["inputs"]["photo"]
+        assert torch.equal(mixed[k]["photo"], alone)
+    assert not torch.equal(mixed[1]["photo"], plain[1]["inputs"]["photo"])  # the warp was applied
+
+
 def test_default_split_follows_the_tables_split_column(table_dir: Path, tmp_path: Path) -> None:
     config = DataConfig(
         table=table_dir / "table.csv",

@@ -156,21 +156,11 @@ class Collate:
             length = max((v.shape[1] for v in real), default=1)
             if name not in self.exact_length:
                 length = -(-length // AUDIO_PAD_MULTIPLE) * AUDIO_PAD_MULTIPLE
-            padded = torch.zeros(len(values), n_bins, length)
-            mask = torch.zeros(len(values), length, dtype=torch.bool)
-            for i, v in enumerate(values):
-                if v is not None:
-                    padded[i, :, : v.shape[1]] = v
-                    mask[i, : v.shape[1]] = True
+            padded, mask = pad_in_time(values, (n_bins, length), np.float32, 0)
             return ModalityBatch(padded, present, mask)
         if modality is Modality.TEXT:
             length = max((v.shape[0] for v in real), default=1)
-            ids = torch.full((len(values), length), self.text_pad.get(name, 0), dtype=torch.long)
-            mask = torch.zeros(len(values), length, dtype=torch.bool)
-            for i, v in enumerate(values):
-                if v is not None:
-                    ids[i, : v.shape[0]] = v
-                    mask[i, : v.shape[0]] = True
+            ids, mask = pad_in_time(values, (length,), np.int64, self.text_pad.get(name, 0))
             return ModalityBatch(ids, present, mask)
         if modality is Modality.NUMERIC:
             n = self.sizes[name]
@@ -182,6 +172,22 @@ class Collate:
             [v if v is not None else torch.zeros(k, dtype=torch.long) for v in values]
         )  # (B, K)
         return ModalityBatch(ids, present)
+
+
+def pad_in_time(
+    values: Sequence[Tensor | None], shape: tuple[int, ...], dtype: type[np.generic], fill: int
+) -> tuple[Tensor, Tensor]:
+    """Rows of different lengths (last dimension) → (B, *shape) filled with `fill` past each row's end, and
+    the (B, shape[-1]) mask of real positions. Copied in numpy: a slice assignment there costs a third of
+    torch's, and a batch has 64 of them."""
+    padded = np.full((len(values), *shape), fill, dtype=dtype)
+    lengths = np.zeros(len(values), dtype=np.int64)  # 0 for an absent row: all padding
+    for i, v in enumerate(values):
+        if v is not None:
+            lengths[i] = v.shape[-1]
+            padded[i, ..., : lengths[i]] = v.numpy()
+    mask = np.arange(shape[-1]) < lengths[:, None]  # (B, T)
+    return torch.from_numpy(padded), torch.from_numpy(mask)
 
 
 def make_collate(preprocessor: Preprocessor) -> Collate:

@@ -337,16 +337,30 @@ def _resize(image: Image.Image, cfg: ImageConfig) -> Image.Image:
 
 def image_to_tensor(pixels: npt.NDArray[np.uint8], cfg: ImageConfig) -> torch.Tensor:
     """uint8 (H, W, C) -> float32 (C, H, W), each channel (x / 255 - mean) / std."""
-    if pixels.ndim != 3 or pixels.shape[2] != cfg.channels:
+    if pixels.ndim != 3:
+        raise ValueError(f"expected pixels of shape (H, W, {cfg.channels}), got {pixels.shape}")
+    return torch.from_numpy(np.ascontiguousarray(_normalised(pixels, cfg).transpose(2, 0, 1)))
+
+
+def images_to_tensor(pixels: npt.NDArray[np.uint8], cfg: ImageConfig) -> torch.Tensor:
+    """uint8 (B, H, W, C) -> float32 (B, C, H, W): each image exactly as `image_to_tensor` makes it."""
+    if pixels.ndim != 4:
+        raise ValueError(f"expected pixels of shape (B, H, W, {cfg.channels}), got {pixels.shape}")
+    return torch.from_numpy(np.ascontiguousarray(_normalised(pixels, cfg).transpose(0, 3, 1, 2)))
+
+
+def _normalised(pixels: npt.NDArray[np.uint8], cfg: ImageConfig) -> npt.NDArray[np.float32]:
+    """(..., C) uint8 -> float32 (x / 255 - mean) / std per channel, in the same layout."""
+    if pixels.shape[-1] != cfg.channels:
         raise ValueError(
-            f"expected pixels of shape (H, W, {cfg.channels}) for mode '{cfg.mode}', got {pixels.shape}"
+            f"expected pixels with {cfg.channels} channel(s) last for mode '{cfg.mode}', got shape {pixels.shape}"
         )
     # (x / 255 - mean) / std as one multiply and one add, in numpy: a handful of torch ops cost more in
     # dispatch than the arithmetic on a small image
     scale, shift = _normalisation(cfg.channel_mean(), cfg.channel_std())
-    normalised = np.multiply(pixels, scale, dtype=np.float32)  # (H, W, C)
+    normalised = np.multiply(pixels, scale, dtype=np.float32)
     normalised += shift
-    return torch.from_numpy(np.ascontiguousarray(normalised.transpose(2, 0, 1)))  # (C, H, W)
+    return normalised
 
 
 @functools.lru_cache(maxsize=64)
