@@ -32,6 +32,12 @@ from polyfuse.presets import preprocessing_preset
 # AV-Digits run took 115.1 s instead of 149.8 s (bench/time_to_accuracy.py, 3 seeds, same session, no heap
 # trimming in either) at the same accuracy (fused 0.9989, 0.988 without either input).
 INIT_ENCODER_OPTIONS: dict[str, dict[str, Any]] = {"audio.cnn": {"widths": [16, 64, 128]}}
+# image.cnn on images of at most 32 x 32 px (MNIST, CIFAR): the channel widths of He et al.'s CIFAR ResNets
+# instead of the class's (32, 64, 128), which suit larger images. On AV-Digits (28 x 28) a training step of
+# the image encoder took 23 instead of 51 ms and the default run 101.2 s instead of ~115 s, at the same
+# accuracy (bench/results/time_to_accuracy_session16_*.md).
+SMALL_IMAGE_PX = 32
+SMALL_IMAGE_CNN_OPTIONS: dict[str, Any] = {"widths": [16, 32, 64]}
 SNIFF_FILES = 20  # media files opened to pick image size/mode and audio sample rate
 
 
@@ -105,7 +111,7 @@ def init_config(
         name: EncoderConfig(
             name=encoder,
             trainable=modality is not Modality.TEXT,
-            options=dict(INIT_ENCODER_OPTIONS.get(encoder, {})),
+            options=init_encoder_options(encoder, preprocessing),
         )
         for name, modality in schema.input_names().items()
         for encoder in [DEFAULT_ENCODERS[modality.value]]
@@ -262,6 +268,14 @@ def relative_to_config(config: RunConfig, config_path: Path) -> RunConfig:
     except ValueError:  # another drive on Windows
         return config
     return config.model_copy(update={"data": config.data.model_copy(update={"table": relative})})
+
+
+def init_encoder_options(encoder: str, preprocessing: PreprocessingConfig) -> dict[str, Any]:
+    """The options init writes for a default encoder (over the class's own defaults)."""
+    options = dict(INIT_ENCODER_OPTIONS.get(encoder, {}))
+    if encoder == "image.cnn" and max(preprocessing.image.size) <= SMALL_IMAGE_PX:
+        options |= SMALL_IMAGE_CNN_OPTIONS
+    return options
 
 
 def suggest_preprocessing(table: Table, schema: TableSchema) -> PreprocessingConfig:
