@@ -32,12 +32,14 @@ from polyfuse.presets import preprocessing_preset
 # AV-Digits run took 115.1 s instead of 149.8 s (bench/time_to_accuracy.py, 3 seeds, same session, no heap
 # trimming in either) at the same accuracy (fused 0.9989, 0.988 without either input).
 INIT_ENCODER_OPTIONS: dict[str, dict[str, Any]] = {"audio.cnn": {"widths": [16, 64, 128]}}
-# image.cnn on images of at most 32 x 32 px (MNIST, CIFAR): the channel widths of He et al.'s CIFAR ResNets
-# instead of the class's (32, 64, 128), which suit larger images. On AV-Digits (28 x 28) a training step of
-# the image encoder took 23 instead of 51 ms and the default run 101.2 s instead of ~115 s, at the same
-# accuracy (bench/results/time_to_accuracy_session16_*.md).
+# image.cnn on images of at most 32 x 32 px (MNIST, CIFAR): one residual block per stage instead of the
+# class's two, which suit larger images. On AV-Digits (28 x 28, 14 / 7 / 4 px maps after the stem) the
+# default run took 104.3 s (3 seeds; bench/results/time_to_accuracy_session16_img_bps1.md; session 15: 119.5 s)
+# at the same fused accuracy (0.9989) and 0.987 / 0.989 without audio / image (0.991 / 0.986 before).
+# Narrower stages instead, widths (16, 32, 64), were faster still (98.9 s) but kept less without the audio
+# (0.983, 0.98 for one seed; time_to_accuracy_session16_img_widths16_32_64.md).
 SMALL_IMAGE_PX = 32
-SMALL_IMAGE_CNN_OPTIONS: dict[str, Any] = {"widths": [16, 32, 64]}
+SMALL_IMAGE_CNN_OPTIONS: dict[str, Any] = {"blocks_per_stage": 1}
 SNIFF_FILES = 20  # media files opened to pick image size/mode and audio sample rate
 
 
