@@ -32,14 +32,6 @@ from polyfuse.presets import preprocessing_preset
 # AV-Digits run took 115.1 s instead of 149.8 s (bench/time_to_accuracy.py, 3 seeds, same session, no heap
 # trimming in either) at the same accuracy (fused 0.9989, 0.988 without either input).
 INIT_ENCODER_OPTIONS: dict[str, dict[str, Any]] = {"audio.cnn": {"widths": [16, 64, 128]}}
-# image.cnn on images of at most 32 x 32 px (MNIST, CIFAR): one residual block per stage instead of the
-# class's two, which suit larger images. On AV-Digits (28 x 28, 14 / 7 / 4 px maps after the stem) the
-# default run took 104.3 s (3 seeds; bench/results/time_to_accuracy_session16_img_bps1.md; session 15: 119.5 s)
-# at the same fused accuracy (0.9989) and 0.987 / 0.989 without audio / image (0.991 / 0.986 before).
-# Narrower stages instead, widths (16, 32, 64), were faster still (98.9 s) but kept less without the audio
-# (0.983, 0.98 for one seed; time_to_accuracy_session16_img_widths16_32_64.md).
-SMALL_IMAGE_PX = 32
-SMALL_IMAGE_CNN_OPTIONS: dict[str, Any] = {"blocks_per_stage": 1}
 SNIFF_FILES = 20  # media files opened to pick image size/mode and audio sample rate
 
 
@@ -113,7 +105,7 @@ def init_config(
         name: EncoderConfig(
             name=encoder,
             trainable=modality is not Modality.TEXT,
-            options=init_encoder_options(encoder, preprocessing),
+            options=dict(INIT_ENCODER_OPTIONS.get(encoder, {})),
         )
         for name, modality in schema.input_names().items()
         for encoder in [DEFAULT_ENCODERS[modality.value]]
@@ -270,14 +262,6 @@ def relative_to_config(config: RunConfig, config_path: Path) -> RunConfig:
     except ValueError:  # another drive on Windows
         return config
     return config.model_copy(update={"data": config.data.model_copy(update={"table": relative})})
-
-
-def init_encoder_options(encoder: str, preprocessing: PreprocessingConfig) -> dict[str, Any]:
-    """The options init writes for a default encoder (over the class's own defaults)."""
-    options = dict(INIT_ENCODER_OPTIONS.get(encoder, {}))
-    if encoder == "image.cnn" and max(preprocessing.image.size) <= SMALL_IMAGE_PX:
-        options |= SMALL_IMAGE_CNN_OPTIONS
-    return options
 
 
 def suggest_preprocessing(table: Table, schema: TableSchema) -> PreprocessingConfig:

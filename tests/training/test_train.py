@@ -241,8 +241,6 @@ def test_init_config_follows_the_data(synthetic_table: Path, tmp_path: Path) -> 
     assert (prep.audio.win_length, prep.audio.hop_length, prep.audio.n_fft) == (200, 80, 256)  # 25 / 10 ms
     # init's narrower first audio stage is written out, so the class default (older models) stays as it was
     assert config.encoders["audio"].options == {"widths": [16, 64, 128]}
-    # 32 x 32 images get one residual block per stage
-    assert config.encoders["image"].options == {"blocks_per_stage": 1}
     again = subprocess.run(
         [*CLI, "init", str(synthetic_table), "--target", "label", "-o", str(out)],
         capture_output=True,
@@ -275,16 +273,3 @@ def test_predict_and_evaluate_commands(trained: Path, synthetic_table: Path, tmp
     assert metrics["label"]["confusion_matrix"] == saved["confusion_matrix"]
     with pytest.raises(DataError, match="no rows with split 'holdout'"):
         predict_table(trained, synthetic_table, out, split="holdout")
-
-
-def test_init_narrows_image_cnn_for_small_images_only() -> None:
-    from polyfuse.data.modalities.image import ImageConfig
-    from polyfuse.data.preprocess import PreprocessingConfig
-    from polyfuse.init_config import init_encoder_options
-
-    def options(size: tuple[int, int]) -> dict[str, object]:
-        return init_encoder_options("image.cnn", PreprocessingConfig(image=ImageConfig(size=size)))
-
-    assert options((28, 28)) == options((32, 20)) == {"blocks_per_stage": 1}
-    assert options((64, 64)) == options((33, 16)) == {}  # the class's two blocks per stage
-    assert init_encoder_options("audio.cnn", PreprocessingConfig()) == {"widths": [16, 64, 128]}
