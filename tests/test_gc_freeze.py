@@ -66,3 +66,24 @@ def test_training_fits_with_the_setup_frozen(
     assert gc.get_freeze_count() == 0
     assert filled and not any(filled)
     assert torch.utils.deterministic.fill_uninitialized_memory  # type: ignore[attr-defined]
+
+
+def test_the_cli_freezes_the_heap_at_exit(tmp_path: Path) -> None:
+    """`polyfuse` registers a gc.freeze for interpreter exit (shutdown then skips its collections over
+    every object): other atexit handlers still run, and the exit status is the command's."""
+    import subprocess
+    import sys
+
+    marker = tmp_path / "handler-ran"
+    script = (
+        "import atexit, gc, sys\n"
+        "from polyfuse import cli\n"
+        # registered before main's, so it runs after it (atexit is last-in, first-out)
+        f"atexit.register(lambda: open({str(marker)!r}, 'w').write(str(gc.get_freeze_count())))\n"
+        "sys.argv = ['polyfuse', 'data', 'inspect', 'no-such-table.csv']\n"
+        "assert gc.get_freeze_count() == 0\n"
+        "cli.main()\n"
+    )
+    result = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, check=False)
+    assert result.returncode == 2 and "not found" in result.stderr  # the command's own error and status
+    assert int(marker.read_text()) > 10_000  # frozen by the time the later handler ran

@@ -12,6 +12,7 @@ from rich.table import Table as RichTable
 from typer.core import TyperCommand, TyperGroup
 
 from polyfuse.data.errors import DataError
+from polyfuse.gc_freeze import no_collections_at_exit
 
 app = typer.Typer(
     help="polyfuse: multimodal models from a table.\n\nExit status: 0 on success; 2 for a mistake in the "
@@ -819,6 +820,7 @@ def _plain_print(*objects: object) -> None:
 
 def main() -> None:
     """Entry point: user-data errors print as a clear message and exit 2, never as a traceback."""
+    no_collections_at_exit()
     try:
         app()
     except DataError as e:
