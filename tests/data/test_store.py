@@ -210,6 +210,7 @@ def test_a_second_validation_answers_from_the_records_alone(
     again = prepare_data(image_config(image_table), show_progress=False)
     assert fetched == [image_table / "media" / "7.png"] * len(fetched) and fetched
     assert again.preprocessor.cache.misses == 1 and again.report.rows_checked == 24
+    assert again.preprocessor.cache.hits == 23  # the unchanged files' entries count as found
 
 
 def test_dataloader_workers_read_the_store_concurrently(image_table: Path) -> None:

@@ -183,7 +183,10 @@ class FeatureCache:
         if self.directory is None:
             return False
         digest = self._recorded_digest(source)
-        return digest is not None and all(self._has(self._entry_key(digest, k)) for k in params_keys)
+        if digest is None or not all(self._has(self._entry_key(digest, k)) for k in params_keys):
+            return False
+        self.hits += len(params_keys)  # entries found, as a fetch would count them
+        return True
 
     def get(self, key: str) -> np.ndarray | None:
         """The entry named by `key` (from `FeatureCache.key`) as a writable copy, or None."""

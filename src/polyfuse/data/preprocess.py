@@ -178,7 +178,8 @@ class Preprocessor:
         self._wave_augment = augment.enabled and (
             augment.noise_probability > 0 or augment.gain_db != (0.0, 0.0)
         )
-        # What validation stores per media input: everything training then reads from the cache.
+        # What validation stores per media input (the entries the check branch of `_single` fills): what
+        # training then reads from the cache, so a file with all of them stored needs no second look.
         self._checked_keys = {
             name: self._stored_keys(name, modality)
             for name, modality in self.inputs.items()
